@@ -1,0 +1,39 @@
+"""
+Checkpoints that are never lost: written to a temporary file in the same folder, flushed to disk, then renamed
+over the old one (an atomic step on POSIX), so a run killed mid-save leaves the previous checkpoint intact.
+"""
+
+import os
+
+import torch
+
+CHECKPOINT_KEYS = ('model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config')
+
+
+def save_checkpoint(checkpoint, path):
+    tmp_path = path + '.tmp'
+    try:
+        with open(tmp_path, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Loads a checkpoint written by save_checkpoint; a missing, truncated or corrupt file is a clear error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}; train one with train.py (out_dir={os.path.dirname(path)!r})")
+    try:
+        # weights_only=False: the checkpoint holds RNG states (numpy arrays) and the config beside the tensors
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise RuntimeError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                           f"it cannot be resumed from") from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise RuntimeError(f"checkpoint {path} lacks the keys {missing}; it was not written by train.py")
+    return checkpoint

@@ -1,0 +1,30 @@
+# adamw_small's model, data and schedule with linear attention: DPFP features (nu = 1), the sum rule and
+# attention normalisation (Schlag, Irie & Schmidhuber 2021). Only the attention differs.
+
+out_dir = 'out-linear-small'
+eval_interval = 250
+eval_iters = 20
+log_interval = 10
+always_save_checkpoint = False
+
+dataset = 'shakespeare_char'
+gradient_accumulation_steps = 1
+batch_size = 12
+block_size = 64
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+attention = 'linear'
+
+optimizer = 'adamw'
+learning_rate = 1e-3
+max_iters = 2000
+lr_decay_iters = 2000
+min_lr = 1e-4
+beta2 = 0.99  # the number of tokens per iteration is small
+warmup_iters = 100
+
+device = 'cpu'
+compile = False

@@ -1,0 +1,29 @@
+"""
+Optimizers, picked by name: `optimizer = 'kfac'` in a config, `build_optimizer('kfac', model, **cfg)` in code.
+A dict is the registry; each optimizer lives in its own file.
+"""
+
+import inspect
+
+from optim.adamw import adamw
+
+OPTIMIZERS = {
+    'adamw': adamw,
+}
+
+
+def build_optimizer(name, model, **cfg):
+    """Returns a torch.optim.Optimizer for model's parameters. cfg holds the optimizer's keyword arguments;
+    an argument the optimizer does not take is a TypeError naming it."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
+    return OPTIMIZERS[name](model, **cfg)
+
+
+def optimizer_kwargs(name, config):
+    """The subset of config (e.g. train.py's globals) that optimizer `name` takes as keyword arguments,
+    so that a config global such as `damping` reaches every optimizer that has a `damping` argument."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
+    params = inspect.signature(OPTIMIZERS[name]).parameters
+    return {k: config[k] for k in params if k != 'model' and k in config}

@@ -1,0 +1,25 @@
+"""
+AdamW (Loshchilov & Hutter, 2019) as nanoGPT configures it: weight decay on the 2-D weights (matmuls and
+embeddings) only, none on biases and LayerNorm gains; the fused CUDA kernel where available.
+"""
+
+import inspect
+
+import torch
+
+
+def adamw_param_groups(params, weight_decay):
+    """Two groups: 2-D and larger tensors decay, vectors (biases, norms) do not."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [{'params': decay, 'weight_decay': weight_decay},
+            {'params': no_decay, 'weight_decay': 0.0}]
+
+
+def adamw(model, lr=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8):
+    """torch.optim.AdamW over model.parameters() (tied weights appear once)."""
+    groups = adamw_param_groups(model.parameters(), weight_decay)
+    on_cuda = all(p.is_cuda for g in groups for p in g['params'])
+    fused = on_cuda and 'fused' in inspect.signature(torch.optim.AdamW).parameters
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, fused=fused)

@@ -1,0 +1,379 @@
+"""
+Trains a GPT with AdamW or a Fisher-preconditioned optimizer. One process on a CPU or a GPU:
+$ python train.py config/adamw_small.py --batch_size=32
+
+Several GPUs with DDP (gradient_accumulation_steps is global and is divided among the ranks):
+$ torchrun --standalone --nproc_per_node=4 train.py config/fixed_fisher_small.py
+
+Several nodes: see README.md. Each logged step and each evaluation is one JSON line in out_dir/metrics.jsonl.
+"""
+
+import json
+import math
+import os
+import pickle
+import runpy
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig
+from optim import build_optimizer, optimizer_kwargs
+
+here = os.path.dirname(os.path.abspath(__file__))
+# -----------------------------------------------------------------------------
+# default config values, for a GPT-2 (124M) on OpenWebText as in nanoGPT
+# I/O
+out_dir = 'out'
+eval_interval = 2000  # iterations between evaluations (and checkpoints)
+log_interval = 1  # iterations between train records
+eval_iters = 200  # batches per split in an evaluation
+eval_only = False  # if True, evaluate once and exit
+always_save_checkpoint = True  # if False, save only when val loss improves
+init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# wandb logging
+wandb_log = False
+wandb_project = 'nanofisher'
+wandb_run_name = 'run'
+# data
+dataset = 'openwebtext'  # folder under data/ with train.bin, val.bin (and meta.pkl for character sets)
+data_dir = ''  # '' means data/<dataset> beside train.py
+data_seed = 1337  # seeds the batch order: same data_seed, same batches, whatever the optimizer or number of ranks
+gradient_accumulation_steps = 5 * 8  # micro-steps per iteration, over all ranks
+batch_size = 12  # sequences per micro-step
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # 0 for pretraining, 0.1+ for finetuning
+bias = False  # bias in Linears and LayerNorms
+attention = 'softmax'  # 'softmax' (linear_attention.py adds 'linear' and 'delta')
+# optimizer (optim/): shared names, so that `--damping=1e-2` reaches every optimizer that has a damping
+optimizer = 'adamw'  # a key of optim.OPTIMIZERS: 'adamw', 'kfac', 'eva', 'fixed_fisher', ...
+learning_rate = 6e-4  # peak learning rate, passed to the optimizer as lr
+max_iters = 600000  # total iterations
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this norm, 0.0 disables
+# Kronecker-factored optimizers (ignored by adamw)
+damping = 1e-3  # λ of the damped inverse
+damping_mode = 'absolute'  # 'absolute' or 'relative' (λ times the layer's mean eigenvalue of A⊗G)
+momentum = 0.9  # heavy-ball momentum of the preconditioned update
+factor_decay = 0.95  # EMA of the factors: F ← decay·F + (1 − decay)·F_new
+factor_update_freq = 10  # iterations between factor updates (hooks are off on the others)
+inv_update_freq = 10  # iterations between inverse / eigendecomposition refreshes
+kl_clip = None  # KL clip κ of the update, None disables
+fisher = 'empirical'  # 'empirical' (training labels) or 'sampled' (labels drawn from the model: the true Fisher)
+exclude = ''  # comma-separated module names left to AdamW
+max_factor_dim = 4096  # layers with a wider factor are left to AdamW
+eigen_refresh = 'eigh'  # 'eigh' or 'qr' (one power iteration + QR from the previous eigenbasis)
+grafting = 'none'  # 'none' or 'adam': each layer's update rescaled to the norm of AdamW's
+# learning rate schedule: linear warmup, cosine decay to min_lr
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 600000  # ~= max_iters per Chinchilla
+min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
+# DDP
+backend = ''  # '' picks nccl on GPUs and gloo on CPUs
+# system
+device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:0', 'mps'
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'  # or 'float16'
+compile = False  # torch.compile the model (PyTorch 2); worth it on GPUs
+seed = 1337  # seeds the model's initialisation and dropout
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and (v is None or type(v) in (int, float, bool, str))]
+config_keys.remove('here')
+exec(open(os.path.join(here, 'configurator.py')).read())  # overrides from the command line or a config file
+config = {k: globals()[k] for k in config_keys}  # logged, and saved in checkpoints
+# -----------------------------------------------------------------------------
+
+for key, ok in [('init_from', init_from in ('scratch', 'resume')), ('dtype', dtype in ('float32', 'bfloat16', 'float16')),
+                ('max_iters', max_iters >= 0), ('eval_interval', eval_interval > 0), ('log_interval', log_interval > 0),
+                ('gradient_accumulation_steps', gradient_accumulation_steps > 0), ('batch_size', batch_size > 0)]:
+    if not ok:
+        raise ValueError(f"bad config value {key}={globals()[key]!r}")
+
+# DDP: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
+ddp = int(os.environ.get('RANK', -1)) != -1
+if ddp:
+    use_cuda = device.startswith('cuda')
+    dist.init_process_group(backend=backend or ('nccl' if use_cuda else 'gloo'))
+    ddp_rank = int(os.environ['RANK'])
+    ddp_local_rank = int(os.environ['LOCAL_RANK'])
+    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    if use_cuda:
+        device = f'cuda:{ddp_local_rank}'
+        torch.cuda.set_device(device)
+    master_process = ddp_rank == 0  # logs, evaluates and writes checkpoints
+    if gradient_accumulation_steps % ddp_world_size != 0:
+        raise ValueError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not a multiple of the "
+                         f"{ddp_world_size} ranks")
+    gradient_accumulation_steps //= ddp_world_size
+else:
+    master_process, ddp_rank, ddp_world_size = True, 0, 1
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+if master_process:
+    print(f"tokens per iteration: {tokens_per_iter:,} ({gradient_accumulation_steps} micro-steps x "
+          f"{ddp_world_size} ranks x {batch_size} sequences x {block_size} tokens)")
+    os.makedirs(out_dir, exist_ok=True)
+
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+device_type = 'cuda' if 'cuda' in device else 'cpu'  # for autocast
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+# data: train.bin and val.bin hold uint16 token ids; shakespeare_char, the default small set, is prepared on first use
+data_dir = data_dir or os.path.join(here, 'data', dataset)
+prepare_script = os.path.join(here, 'data', dataset, 'prepare.py')
+if not os.path.exists(os.path.join(data_dir, 'train.bin')) and dataset == 'shakespeare_char':
+    if master_process:
+        print(f"preparing {dataset} into {data_dir} (first use)")
+        runpy.run_path(prepare_script)['prepare'](out_dir=data_dir)
+    if ddp:
+        dist.barrier()
+meta_path = os.path.join(data_dir, 'meta.pkl')
+meta_vocab_size = None
+if os.path.exists(meta_path):
+    try:
+        with open(meta_path, 'rb') as f:
+            meta_vocab_size = pickle.load(f)['vocab_size']
+    except Exception as e:
+        raise RuntimeError(f"{meta_path} is corrupt ({e}); rerun python {prepare_script}") from e
+vocab_size = meta_vocab_size or 50304  # GPT-2 BPE (50257) padded up to a multiple of 64
+
+
+def open_tokens(split):
+    """The split's tokens as a read-only memmap; a missing, empty or damaged file is an error saying how to fix it."""
+    path = os.path.join(data_dir, f'{split}.bin')
+    fix = f"prepare it with: python {prepare_script}"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; {fix}")
+    size = os.path.getsize(path)
+    if size == 0 or size % 2 != 0:
+        raise ValueError(f"{path} is {'empty' if size == 0 else 'truncated (odd byte count)'}; {fix}")
+    if size // 2 <= block_size:
+        raise ValueError(f"{path} holds {size // 2} tokens, not more than block_size={block_size}; {fix}")
+    return np.memmap(path, dtype=np.uint16, mode='r')
+
+
+split_tokens = {split: open_tokens(split) for split in ('train', 'val')}
+
+
+def get_batch(split, *key):
+    """Sequences drawn from a generator seeded by (data_seed, split, *key) only: the global batch of an iteration is
+    the same for any number of ranks, for every optimizer, and after a resume."""
+    data = split_tokens[split]
+    seed = np.random.SeedSequence([data_seed, split == 'val', *key]).generate_state(1)[0]
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=torch.Generator().manual_seed(int(seed)))
+    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in ix]).astype(np.int64))
+    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
+    if x.max() >= vocab_size or y.max() >= vocab_size:
+        bad = int(max(x.max(), y.max()))
+        raise ValueError(f"{split}.bin in {data_dir} holds token id {bad} >= vocab_size {vocab_size}: the file is "
+                         f"corrupt or belongs to another tokenizer; prepare it with: python {prepare_script}")
+    if device_type == 'cuda':
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# model
+iter_num = 0
+best_val_loss = 1e9
+train_time_s = 0.0  # seconds spent in training steps, evaluation and checkpointing left out
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                  vocab_size=vocab_size, dropout=dropout, attention=attention)
+checkpoint = None
+if init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    checkpoint = load_checkpoint(ckpt_path, map_location=device)
+    if master_process:
+        print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
+    # the architecture comes from the checkpoint, the rest (e.g. dropout) from this run's config
+    for k in ['n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'attention']:
+        model_args[k] = checkpoint['model_args'][k]
+torch.manual_seed(seed)  # the same initial weights on every rank
+model = GPT(GPTConfig(**model_args))
+if checkpoint is not None:
+    model.load_state_dict(checkpoint['model'])
+    iter_num = checkpoint['iter_num']
+    best_val_loss = checkpoint['best_val_loss']
+    train_time_s = checkpoint.get('train_time_s', 0.0)
+model.to(device)
+if master_process:
+    print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+
+# the optimizer gets every config global named like one of its arguments (learning_rate is its lr)
+optimizer = build_optimizer(optimizer, model, **optimizer_kwargs(optimizer, {**config, 'lr': learning_rate}))
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+
+# RNG (dropout, sampled-Fisher labels): rank r uses seed + r, restored on resume with the same number of ranks
+torch.manual_seed(seed + ddp_rank)
+if checkpoint is not None:
+    rng_states = checkpoint.get('rng_states') or []
+    if len(rng_states) == ddp_world_size:
+        torch.set_rng_state(rng_states[ddp_rank]['torch'])
+        if device_type == 'cuda' and rng_states[ddp_rank]['cuda'] is not None:
+            torch.cuda.set_rng_state(rng_states[ddp_rank]['cuda'])
+    elif master_process:
+        print(f"checkpoint has RNG states of {len(rng_states)} ranks, this run has {ddp_world_size}: reseeding "
+              f"(data order is unaffected; dropout and sampled labels differ from an uninterrupted run)")
+checkpoint = None  # free memory
+
+raw_model = model  # the module that owns the weights: checkpoints, generation, the optimizer's hooks
+if compile:
+    print("compiling the model... (takes a minute)")
+    model = torch.compile(model)
+eval_model = model
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over the same eval_iters batches of each split at every evaluation, spread over the ranks."""
+    out = {}
+    eval_model.eval()
+    for split in ['train', 'val']:
+        total = torch.zeros(2, device=device)  # (sum of losses, count)
+        for k in range(ddp_rank, eval_iters, ddp_world_size):
+            X, Y = get_batch(split, 1, k)
+            with ctx:
+                _, loss = eval_model(X, Y)
+            total += torch.stack([loss.float(), torch.ones((), device=device)])
+        if ddp:
+            dist.all_reduce(total)
+        out[split] = (total[0] / total[1]).item()
+    eval_model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+metrics_path = os.path.join(out_dir, 'metrics.jsonl')
+if master_process:
+    if init_from == 'scratch':
+        open(metrics_path, 'w').close()
+    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+        json.dump(config, f, indent=1)
+    if wandb_log:
+        import wandb
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+
+def log_metrics(record):
+    with open(metrics_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    if wandb_log:
+        wandb.log(record, step=record['iter'])
+
+
+def save(val_loss):
+    rng = {'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
+    rng_states = [None] * ddp_world_size
+    if ddp:
+        dist.all_gather_object(rng_states, rng)
+    else:
+        rng_states = [rng]
+    if master_process:
+        checkpoint = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
+                          iter_num=iter_num, best_val_loss=best_val_loss, config=config, val_loss=val_loss,
+                          rng_states=rng_states, data_seed=data_seed, train_time_s=train_time_s)
+        print(f"saving checkpoint to {out_dir}")
+        save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
+
+
+# training loop: iterations iter_num .. max_iters-1, with an evaluation every eval_interval and at the end
+start_iter = iter_num
+backward = getattr(optimizer, 'backward', None)  # Kronecker optimizers capture factors in their backward
+loss_sum = torch.zeros((), device=device)  # sum of micro-batch losses since the last log
+t_log, iters_since_log = time.time(), 0
+while True:
+    is_last = iter_num >= max_iters
+    resumed_here = init_from == 'resume' and iter_num == start_iter  # this iteration's evaluation is in the log
+    if eval_only or ((iter_num % eval_interval == 0 or is_last) and not resumed_here):
+        t_eval = time.time()
+        losses = estimate_loss()
+        if master_process:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            log_metrics(dict(iter=iter_num, kind='eval', train_loss=losses['train'], val_loss=losses['val'],
+                             time_s=train_time_s))
+        if (losses['val'] < best_val_loss or always_save_checkpoint) and iter_num > 0 and not eval_only:
+            best_val_loss = min(best_val_loss, losses['val'])
+            save(losses['val'])
+        t_log += time.time() - t_eval  # evaluation and checkpointing are not training time
+    if is_last or eval_only:
+        break
+
+    lr = get_lr(iter_num)
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr * param_group.get('lr_scale', 1.0)
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:
+            # all-reduce the gradients only on the last micro-step
+            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
+        X, Y = get_batch('train', 0, iter_num, ddp_rank * gradient_accumulation_steps + micro_step)
+        with ctx:
+            logits, loss = model(X, Y)
+        loss_sum += loss.detach().float()
+        # .grad collects the gradient of the global batch's mean loss (times the fp16 loss scale):
+        # scaled_loss = loss_scale * loss, whose gradients Kronecker optimizers divide back out of their ĝ
+        scaled_loss = scaler.scale(loss) / gradient_accumulation_steps
+        if backward is not None:
+            backward(scaled_loss, logits, scaler.get_scale() / gradient_accumulation_steps)
+        else:
+            scaled_loss.backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    iters_since_log += 1
+    iter_num += 1
+
+    if iter_num % log_interval == 0 or iter_num == max_iters:
+        # the mean loss of the global batches since the last log (a sync point: the .item() waits for the GPU)
+        if ddp:
+            dist.all_reduce(loss_sum)
+        lossf = loss_sum.item() / (iters_since_log * gradient_accumulation_steps * ddp_world_size)
+        now = time.time()
+        train_time_s += now - t_log
+        dt = (now - t_log) / iters_since_log
+        if master_process:
+            record = dict(iter=iter_num, kind='train', loss=lossf, lr=lr, ms_per_iter=dt * 1000,
+                          tokens_per_s=tokens_per_iter / dt, time_s=train_time_s)
+            if hasattr(optimizer, 'diagnostics'):
+                record.update(optimizer.diagnostics())
+            log_metrics(record)
+            eta = (max_iters - iter_num) * dt
+            # model flops utilisation of an A100's bf16 peak, as nanoGPT reports it (GPUs only)
+            mfu = '' if device_type != 'cuda' else \
+                f", mfu {raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt) * 100:.1f}%"
+            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                  f"{tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {int(eta // 60)}m{int(eta % 60):02d}s")
+        loss_sum.zero_()
+        t_log, iters_since_log = time.time(), 0
+
+if ddp:
+    dist.destroy_process_group()
