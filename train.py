@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import resource
 import runpy
 import time
 from contextlib import nullcontext
@@ -308,6 +309,15 @@ start_iter = iter_num
 backward = getattr(optimizer, 'backward', None)  # Kronecker optimizers capture factors in their backward
 loss_sum = torch.zeros((), device=device)  # sum of micro-batch losses since the last log
 t_log, iters_since_log = time.time(), 0
+phase_s = {'fwd_bwd': 0.0, 'step': 0.0}  # seconds since the last log in forward+backward and in clip+step
+
+
+def clock():
+    if device_type == 'cuda':
+        torch.cuda.synchronize()  # GPU work is asynchronous: wait for it so that each phase gets its own time
+    return time.time()
+
+
 while True:
     is_last = iter_num >= max_iters
     resumed_here = init_from == 'resume' and iter_num == start_iter  # this iteration's evaluation is in the log
@@ -328,6 +338,7 @@ while True:
     lr = get_lr(iter_num)
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)
+    t0 = clock()
     for micro_step in range(gradient_accumulation_steps):
         if ddp:
             # all-reduce the gradients only on the last micro-step
@@ -343,12 +354,16 @@ while True:
             backward(scaled_loss, logits, scaler.get_scale() / gradient_accumulation_steps)
         else:
             scaled_loss.backward()
+    t1 = clock()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    t2 = clock()
+    phase_s['fwd_bwd'] += t1 - t0
+    phase_s['step'] += t2 - t1
     iters_since_log += 1
     iter_num += 1
 
@@ -361,8 +376,11 @@ while True:
         train_time_s += now - t_log
         dt = (now - t_log) / iters_since_log
         if master_process:
+            peak_mem_mb = torch.cuda.max_memory_allocated() / 2**20 if device_type == 'cuda' else \
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS (Linux: KiB)
             record = dict(iter=iter_num, kind='train', loss=lossf, lr=lr, ms_per_iter=dt * 1000,
-                          tokens_per_s=tokens_per_iter / dt, time_s=train_time_s)
+                          tokens_per_s=tokens_per_iter / dt, time_s=train_time_s, peak_mem_mb=peak_mem_mb,
+                          **{f'ms_{k}': 1000 * v / iters_since_log for k, v in phase_s.items()})
             if hasattr(optimizer, 'diagnostics'):
                 record.update(optimizer.diagnostics())
             log_metrics(record)
@@ -372,7 +390,11 @@ while True:
                 f", mfu {raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt) * 100:.1f}%"
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
                   f"{tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {int(eta // 60)}m{int(eta % 60):02d}s")
+        if not math.isfinite(lossf):
+            raise FloatingPointError(f"training diverged: the loss is {lossf} at iteration {iter_num} "
+                                     f"(try a smaller learning_rate or a larger damping)")
         loss_sum.zero_()
+        phase_s = dict.fromkeys(phase_s, 0.0)
         t_log, iters_since_log = time.time(), 0
 
 if ddp:

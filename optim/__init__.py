@@ -6,9 +6,15 @@ A dict is the registry; each optimizer lives in its own file.
 import inspect
 
 from optim.adamw import adamw
+from optim.eva import EVA
+from optim.fixed_fisher import FixedFisher
+from optim.kfac import KFAC
 
 OPTIMIZERS = {
     'adamw': adamw,
+    'kfac': KFAC,
+    'eva': EVA,
+    'fixed_fisher': FixedFisher,
 }
 
 

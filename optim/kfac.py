@@ -1,0 +1,55 @@
+"""
+KFAC with factored Tikhonov damping (Martens & Grosse, 2015, "Optimizing Neural Networks with Kronecker-factored
+Approximate Curvature", ICML; section 6.3 for the pi correction), on the factors of optim/kronecker.py with tokens
+as samples ("expand", Eschenhagen et al., 2023).
+"""
+
+import torch
+
+from optim.kronecker import KroneckerOptimizer
+
+
+def damped_inverse(M, damping):
+    """(M + damping I)^-1 for a symmetric positive semi-definite M and damping > 0, by Cholesky.
+    kernels.damped_inverse(M, damping) computes the same and plugs in here."""
+    L = torch.linalg.cholesky(M + damping * torch.eye(M.shape[0], dtype=M.dtype, device=M.device))
+    return torch.cholesky_inverse(L)
+
+
+class KFAC(KroneckerOptimizer):
+    """KFAC: per nn.Linear layer, with A, G its Kronecker factors (symbols of the paper; see optim/kronecker.py):
+
+        pi = sqrt((tr A / dim A) / (tr G / dim G))
+        U  = (G + (sqrt(lambda) / pi) I)^-1  V  (A + pi sqrt(lambda) I)^-1
+
+    which is ((A + pi sqrt(lambda) I) (x) (G + sqrt(lambda)/pi I))^-1 vec(V): the damped Fisher it inverts is
+    A (x) G + lambda I plus the two cross terms pi sqrt(lambda) I (x) G and sqrt(lambda)/pi A (x) I (Fixed Fisher
+    removes them). Both inverses are refreshed every inv_update_freq steps and applied on every step; then
+    grafting, KL clipping, momentum and weight decay as in KroneckerOptimizer.
+
+    Hyperparameters (defaults): lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3 (lambda, > 0),
+    damping_mode='absolute' ('relative': lambda * (tr A/dim A)(tr G/dim G), so the two dampings become
+    sqrt(lambda) tr A/dim A and sqrt(lambda) tr G/dim G), factor_decay=0.95, factor_update_freq=10,
+    inv_update_freq=100, kl_clip=1e-3 (None: off), fisher='empirical' | 'sampled', exclude='',
+    max_factor_dim=8192, grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8 (AdamW part and grafting),
+    adamw_lr_scale=1.0.
+
+    Caveats:
+    - pi is 1 where a factor's trace is 0 (a layer that has seen no signal yet).
+    - The inverses are computed in the factors' dtype (float32; float64 for float64 models); a Cholesky that
+      fails is retried in float64 with 10x the damping and logged.
+    - Between inverse updates the inverses are stale: factors updated since then act only at the next refresh.
+    """
+
+    def update_decomposition(self, st):
+        A, G = st['A'], st['G']
+        a, g = A.diagonal().mean(), G.diagonal().mean()  # tr A / dim A, tr G / dim G
+        lam = self.damping_for(a, g)
+        pi = torch.where((a > 0) & (g > 0), (a / g).sqrt(), torch.ones_like(a))
+        root = lam ** 0.5
+        st['A_inv'] = self.robust(damped_inverse, A, (pi * root).item(), 'inverse of A')
+        st['G_inv'] = self.robust(damped_inverse, G, (root / pi).item(), 'inverse of G')
+        st['damping_eff'] = torch.as_tensor(lam, dtype=A.dtype, device=A.device)
+
+    def precondition(self, st, V):
+        return st['G_inv'] @ V @ st['A_inv']  # (d_out, d_in [+1])

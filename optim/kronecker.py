@@ -1,0 +1,520 @@
+"""
+What every Kronecker-factored optimizer (KFAC, Fixed Fisher, EVA, ...) shares: FactorCapture, hooks on nn.Linear
+layers that collect the factors, and KroneckerOptimizer, a torch.optim.Optimizer that owns the schedule, the
+factors' running averages, momentum, weight decay, KL clipping, grafting, the NaN guard, AdamW for the parameters
+it does not precondition, state_dict and diagnostics. A method subclasses KroneckerOptimizer and writes only its
+factors -> preconditioner math: update_decomposition(st) and precondition(st, V), per layer.
+
+Conventions (DESIGN.md), for a layer y = W x + b with W (d_out, d_in):
+    a = [x; 1] with a bias, else x;   V = [dL/dW | dL/db] (d_out, d_in + 1): the bias gradient is the last column
+    M = tokens of the micro-batch (B*T), L = (1/M) sum_m l_m, g_hat_m = M * dL/dy_m = dl_m/dy_m
+    A = (1/M) sum_m a_m a_m^T,  G = (1/M) sum_m g_hat_m g_hat_m^T   (tokens are samples: the "expand" setting)
+    F ~ A (x) G, and (A (x) G)^-1 vec(V) = vec(G^-1 V A^-1), vec stacking columns
+"""
+
+import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from optim.adamw import adamw_param_groups
+
+
+def outer(x):
+    """Sum over tokens of x x^T, x (M, d): what KFAC-type factors sum."""
+    return x.T @ x  # (d, d)
+
+
+class Timer:
+    """Milliseconds spent per key, summed until read(). CUDA work is timed by events, resolved (one sync) in read();
+    a key entered again while it runs (hooks inside the sampled backward) is counted once."""
+
+    def __init__(self):
+        self.ms, self.events, self.depth = defaultdict(float), defaultdict(list), defaultdict(int)
+
+    @contextmanager
+    def __call__(self, key, device):
+        if self.depth[key]:
+            yield
+            return
+        self.depth[key] += 1
+        try:
+            if device.type == 'cuda':
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                yield
+                end.record()
+                self.events[key].append((start, end))
+                if len(self.events[key]) > 4096:  # nobody reads: resolve now rather than hold events forever
+                    self._resolve()
+            else:
+                t0 = time.perf_counter()
+                yield
+                self.ms[key] += 1e3 * (time.perf_counter() - t0)
+        finally:
+            self.depth[key] -= 1
+
+    def _resolve(self):
+        if any(self.events.values()):
+            torch.cuda.synchronize()
+        for key, pairs in self.events.items():
+            self.ms[key] += sum(start.elapsed_time(end) for start, end in pairs)
+        self.events.clear()
+
+    def read(self):
+        self._resolve()
+        ms, self.ms = dict(self.ms), defaultdict(float)
+        return ms
+
+
+class FactorCapture:
+    """Hooks on some nn.Linear layers that sum statistics of their inputs a and output gradients g_hat over the
+    tokens of one optimizer step (all its micro-steps). Layout: tokens flattened, a (M, d_in [+1]), g_hat (M, d_out);
+    statistic(x) is what gets summed: x^T x (outer) for KFAC-type factors, x.sum(0) for EVA's vectors.
+    take() returns the means over all tokens seen since the last take()/clear(): {name: (A, G)}.
+
+    The forward hook records a and puts a tensor hook on the layer's output for g_hat: a full backward hook breaks
+    when the output is then modified in place (pytorch#61519), and so does a tensor hook on a view (see below).
+    Loss scaling: the gradient that reaches the output is loss_scale * dL/dy, so g_hat = (M / loss_scale) * grad,
+    M the rows of that output. Only modules in training mode with grad enabled record (eval passes do not), and
+    arm()/disarm() add and remove the hooks, so steps that update no factor pay nothing. record_grads gates the
+    tensor hooks (the sampled Fisher records G in its own backward, not in the training-label one). Under
+    torch.compile each hook is a graph break and runs eagerly; the factors equal the eager ones.
+    """
+
+    def __init__(self, modules, statistic, dtypes):
+        self.modules, self.statistic, self.dtypes = modules, statistic, dtypes  # name -> nn.Linear / fn / dtype
+        self.loss_scale, self.record_grads = 1.0, True
+        self.timer = Timer()
+        self.handles, self.sums = [], {}
+
+    @property
+    def armed(self):
+        return bool(self.handles)
+
+    def arm(self):
+        if not self.handles:
+            self.handles = [m.register_forward_hook(partial(self._forward_hook, name))
+                            for name, m in self.modules.items()]
+
+    def disarm(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        self.clear()
+
+    def clear(self):
+        self.sums = {}
+
+    def _add(self, name, i, stat, tokens):
+        s = self.sums.setdefault(name, [0, 0, 0, 0])  # sum of a-statistics, their tokens, same for g_hat
+        s[2 * i] = s[2 * i] + stat
+        s[2 * i + 1] += tokens
+
+    @torch.compiler.disable  # under torch.compile: a graph break, and the hook runs eagerly on real tensors
+    def _forward_hook(self, name, module, inputs, output):
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        with self.timer('factors', output.device), torch.no_grad(), torch.autocast(output.device.type, enabled=False):
+            x = inputs[0].detach().reshape(-1, module.in_features).to(self.dtypes[name])  # (M, d_in)
+            if module.bias is not None:
+                x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # a = [x; 1]
+            self._add(name, 0, self.statistic(x), x.shape[0])
+        # For inputs that are not 2-D, F.linear returns a view of its (M, d_out) matmul, and an in-place op on that
+        # view (ReLU(inplace=True)) drops the view's hooks; the base's survive and see the gradient before it.
+        base = output._base
+        (base if base is not None and base.numel() == output.numel() else output).register_hook(
+            partial(self._grad_hook, name))
+
+    def _grad_hook(self, name, grad):
+        if not self.record_grads:
+            return
+        with self.timer('factors', grad.device), torch.no_grad(), torch.autocast(grad.device.type, enabled=False):
+            g = grad.detach().reshape(-1, grad.shape[-1]).to(self.dtypes[name])  # (M, d_out)
+            g = g * (g.shape[0] / self.loss_scale)  # g_hat = M dL/dy
+            self._add(name, 1, self.statistic(g), g.shape[0])
+
+    def take(self):
+        out = {name: (sa / na, sg / ng) for name, (sa, na, sg, ng) in self.sums.items() if na and ng}
+        self.clear()
+        return out
+
+
+def split_layers(model, exclude, max_factor_dim):
+    """(name -> nn.Linear to precondition, name -> why not) over the modules that own parameters. A name in
+    exclude excludes that module and every layer inside it; one that names no module is an error."""
+    modules = dict(model.named_modules())
+    if isinstance(exclude, str):
+        exclude = [n.strip() for n in exclude.split(',') if n.strip()]
+    unknown = [n for n in exclude if n not in modules]
+    if unknown:
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        raise ValueError(f"exclude names no module of the model: {unknown}; its nn.Linear layers: {linears}")
+    owners = defaultdict(list)
+    for name, m in modules.items():
+        for p in m.parameters(recurse=False):
+            owners[p].append(name)
+    layers, others = {}, {}
+    for name, m in modules.items():
+        if not any(p.requires_grad for p in m.parameters(recurse=False)):
+            continue
+        if not isinstance(m, nn.Linear):
+            others[name] = type(m).__name__
+        elif len(owners[m.weight]) > 1:  # tied weights never get factors: the other use breaks the Kronecker form
+            others[name] = 'tied with ' + ', '.join(n for n in owners[m.weight] if n != name)
+        elif any(name == e or name.startswith(e + '.') for e in exclude):
+            others[name] = 'excluded'
+        elif max(m.in_features + (m.bias is not None), m.out_features) > max_factor_dim:
+            others[name] = f'wider than max_factor_dim={max_factor_dim}'
+        elif not m.weight.requires_grad or (m.bias is not None and not m.bias.requires_grad):
+            others[name] = 'partly frozen'
+        else:
+            layers[name] = m
+    return layers, others
+
+
+def unwrap(model):
+    """The module itself under torch.compile's and DDP's wrappers, so layer names are the model's own."""
+    while hasattr(model, '_orig_mod') or isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model._orig_mod if hasattr(model, '_orig_mod') else model.module
+    return model
+
+
+class KroneckerOptimizer(torch.optim.Optimizer):
+    """Base of the Kronecker-factored optimizers. Per step, for each preconditioned nn.Linear (bias as the last
+    column of V, see the module docstring):
+        on factor-update steps:  A <- decay A + (1 - decay) A_new, same for G (the first update sets A = A_new)
+        on inverse-update steps: update_decomposition (the method's inverses / eigenbases)
+        U = precondition(V)                                   the method's damped inverse applied to V
+        U <- U * ||adam(V)|| / ||U||                          if grafting == 'adam'
+        nu = min(1, sqrt(kl_clip / sum_layers lr^2 <U, V>)),  U <- nu U          if kl_clip is not None
+        buf <- momentum buf + U;   W <- W (1 - lr wd) - lr buf   (no weight decay on the bias column)
+    Every other parameter (embeddings, norms, the tied lm_head, excluded or too wide layers) is stepped by AdamW
+    (betas (beta1, beta2), eps; decay on 2-D tensors only) at lr * adamw_lr_scale.
+
+    Shared hyperparameters (defaults):
+        lr=1e-3, weight_decay=0.1 (decoupled), momentum=0.9, damping=1e-3 (lambda, > 0),
+        damping_mode='absolute' ('relative': lambda * (tr A / dim A) (tr G / dim G), scale-free),
+        factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3 (None disables),
+        fisher='empirical' (training labels, free) | 'sampled' (labels drawn from the model's softmax on
+        factor-update steps: one extra backward, the true Fisher), exclude='' (comma-separated module names),
+        max_factor_dim=8192 (wider layers go to AdamW), grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8,
+        adamw_lr_scale=1.0.
+
+    Call optimizer.backward(scaled_loss, logits, loss_scale) in place of scaled_loss.backward(), scaled_loss being
+    loss_scale * loss (GradScaler's scale / gradient accumulation steps): G needs the loss scale, and the sampled
+    Fisher needs the logits. A NaN/Inf in a gradient or a new factor
+    skips the step (counted, printed; factors keep their last finite values); a decomposition that fails or gives
+    non-finite values is retried in float64 with more damping (counted, printed).
+
+    Caveats:
+    - Under torch.compile, factor-update steps break the graph at each hooked layer (the hooks run eagerly) and
+      other steps run the hook-free graph; the factors equal the eager ones. fisher='sampled' retains the graph
+      for a second backward, so it turns off torch.compile's donated buffers process-wide.
+    - Gradient checkpointing would re-run forwards and count their tokens in A twice; a layer applied several
+      times in one forward counts each application's tokens (the expand setting).
+    - The NaN guard costs one host sync per step.
+    """
+
+    statistic = staticmethod(outer)  # what the hooks sum per token; EVA sums vectors instead
+
+    def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
+                 factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
+                 exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
+                 adamw_lr_scale=1.0):
+        if not (isinstance(damping, (int, float)) and damping > 0 and math.isfinite(damping)):
+            raise ValueError(f"damping must be a finite number > 0, got {damping!r}")
+        for arg, value, known in [('fisher', fisher, ('empirical', 'sampled')),
+                                  ('damping_mode', damping_mode, ('absolute', 'relative')),
+                                  ('grafting', grafting, ('none', 'adam'))]:
+            if value not in known:
+                raise ValueError(f"unknown {arg} {value!r}; known: {', '.join(known)}")
+        if kl_clip is not None and not kl_clip > 0:
+            raise ValueError(f"kl_clip must be > 0 or None (no clipping), got {kl_clip!r}")
+        if not 0 <= factor_decay < 1:
+            raise ValueError(f"factor_decay must be in [0, 1), got {factor_decay!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        for arg, value in [('factor_update_freq', factor_update_freq), ('inv_update_freq', inv_update_freq),
+                           ('max_factor_dim', max_factor_dim)]:
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+        self.damping, self.damping_mode, self.factor_decay = float(damping), damping_mode, factor_decay
+        self.factor_update_freq, self.inv_update_freq = factor_update_freq, inv_update_freq
+        self.kl_clip, self.fisher, self.grafting, self.eps = kl_clip, fisher, grafting, eps
+        self.betas = (beta1, beta2)
+
+        model = unwrap(model)
+        self.modules_, others = split_layers(model, exclude, max_factor_dim)
+        self.param_names = {p: n for n, p in model.named_parameters()}
+        kron = {p for m in self.modules_.values() for p in m.parameters()}
+        groups = [dict(params=list(m.parameters()), name=name, kind='kronecker', lr=lr, weight_decay=weight_decay,
+                       momentum=momentum) for name, m in self.modules_.items()]
+        adamw_groups = [dict(g, kind='adamw', lr=lr * adamw_lr_scale, lr_scale=adamw_lr_scale)
+                        for g in adamw_param_groups([p for p in model.parameters() if p not in kron], weight_decay)
+                        if g['params']]
+        # AdamW steps its groups itself; they are also ours (same dicts, same state), so train.py's
+        # group['lr'] = lr * group.get('lr_scale', 1.0) and state_dict() reach them
+        fused = all(p.is_cuda for g in adamw_groups for p in g['params'])  # as optim/adamw.py
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=self.betas, eps=eps, fused=fused or None) \
+            if adamw_groups else None
+        super().__init__(groups + (self.adamw.param_groups if self.adamw else []),
+                         defaults=dict(lr=lr, weight_decay=weight_decay))
+        self._link_adamw()
+
+        dtypes = {name: torch.float64 if m.weight.dtype == torch.float64 else torch.float32
+                  for name, m in self.modules_.items()}
+        self.capture = FactorCapture(self.modules_, self.statistic, dtypes)
+        self.timer = self.capture.timer
+        self.layer_state = {name: {} for name in self.modules_}  # factors, decompositions, buffers per layer
+        self.steps, self.skipped_steps, self.decomp_retries, self._steps_since_log = 0, 0, 0, 0
+        self._nu, self._ratio, self._backward_called = 1.0, 0.0, False
+        self._arm()
+        if fisher == 'sampled':
+            # the sampled backward retains the graph for the training-label one, which torch.compile's backward
+            # refuses when it donates (frees) buffers; this only gives up that memory saving
+            torch._functorch.config.donated_buffer = False
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+            print(f"{type(self).__name__}: preconditioned ({len(self.modules_)}): {', '.join(self.modules_)}")
+            print(f"{type(self).__name__}: AdamW ({len(others)}): "
+                  f"{', '.join(f'{n} ({why})' for n, why in others.items())}")
+
+    def __del__(self):  # the hooks hold the capture, not the optimizer: once it is gone, so are they
+        if getattr(self, 'capture', None) is not None:
+            self.capture.disarm()
+
+    # ---- the method's part: override these ----
+
+    def update_decomposition(self, st):
+        """Recompute what precondition() needs from st['A'], st['G'] (inverses, eigenbases) into st."""
+
+    def refresh_decomposition(self, st):
+        """Cheap refresh on factor-update steps between update_decomposition()s; by default none."""
+
+    def precondition(self, st, V):
+        """U = the method's damped inverse of the layer's factors applied to V (d_out, d_in [+1])."""
+        raise NotImplementedError
+
+    # ---- helpers for methods ----
+
+    def damping_for(self, a, g):
+        """The layer's lambda: damping, or in 'relative' mode damping * a * g with a = tr A / dim A and
+        g = tr G / dim G (the mean eigenvalue of A (x) G); falls back to damping where a * g is 0."""
+        if self.damping_mode == 'absolute':
+            return self.damping
+        ag = a * g
+        return torch.where(ag > 0, self.damping * ag, torch.full_like(ag, self.damping))
+
+    def robust(self, fn, M, damping, what):
+        """fn(M, damping) (an inverse or an eigendecomposition of the factor M, damping >= 0); if it raises or gives
+        non-finite values, once more in float64 with damping * 10 plus 1e-6 of M's mean diagonal, logged."""
+        try:
+            out = fn(M, damping)
+            if all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,))):
+                return out
+            why = 'non-finite result'
+        except torch.linalg.LinAlgError as e:
+            why = str(e).splitlines()[0]
+        self.decomp_retries += 1
+        more = 10 * float(damping) + 1e-6 * M.diagonal().abs().mean().item() + 1e-30
+        print(f"{type(self).__name__}: {what} failed in {M.dtype} ({why}); retrying in float64 with damping {more:.3g}")
+        out = fn(M.double(), more)
+        return tuple(t.to(M.dtype) for t in out) if isinstance(out, tuple) else out.to(M.dtype)
+
+    # ---- the loop ----
+
+    def backward(self, scaled_loss, logits=None, loss_scale=1.0):
+        """scaled_loss.backward(), scaled_loss = loss_scale * loss with loss the mean cross-entropy over the
+        micro-batch's tokens, computed from logits. On factor-update steps with fisher='sampled', first one
+        backward with labels drawn from softmax(logits), which records G and leaves .grad alone. It runs
+        torch.autograd.grad onto the layers' biases (weights where there is none), not onto their outputs: an
+        in-place activation rewrites an output, and the gradient before it would not be computed."""
+        self.capture.loss_scale = float(loss_scale)
+        if self.capture.armed:
+            self._backward_called = True
+        if self.capture.armed and self.fisher == 'sampled':
+            if logits is None:
+                raise ValueError("fisher='sampled' needs the logits: optimizer.backward(scaled_loss, logits, "
+                                 "loss_scale)")
+            with self.timer('factors', logits.device):
+                with torch.no_grad():  # y_m ~ softmax(logits_m), in row chunks: float32 probabilities are big
+                    flat = logits.detach().reshape(-1, logits.shape[-1])  # (M, vocab)
+                    dtype = torch.promote_types(flat.dtype, torch.float32)
+                    y = torch.cat([torch.multinomial(c.to(dtype).softmax(-1), 1) for c in flat.split(4096)])[:, 0]
+                loss_sampled = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y)  # same mean over M tokens
+                self.capture.record_grads = True
+                ends = [m.weight if m.bias is None else m.bias for m in self.modules_.values()]
+                torch.autograd.grad(loss_sampled * loss_scale, ends, retain_graph=True, allow_unused=True)
+                self.capture.record_grads = False
+        scaled_loss.backward()
+
+    def _arm(self):
+        """Hooks on for the coming iteration iff it updates factors; forget what the last one recorded."""
+        if self.steps % self.factor_update_freq == 0:
+            self.capture.arm()
+        else:
+            self.capture.disarm()
+        self.capture.clear()
+        self.capture.record_grads = self.fisher == 'empirical'
+        self._backward_called = False
+
+    def _link_adamw(self):
+        if self.adamw is not None:
+            self.adamw.param_groups = [g for g in self.param_groups if g['kind'] == 'adamw']
+            self.adamw.state = self.state
+
+    def zero_grad(self, set_to_none=True):
+        """Clears the gradients and whatever the hooks recorded since the last step (e.g. of a step that a
+        GradScaler skipped)."""
+        super().zero_grad(set_to_none=set_to_none)
+        self.capture.clear()
+
+    def factors(self):
+        """{module name: (A, G)} of the preconditioned layers that have factors (EVA: (a_bar, g_bar))."""
+        return {name: (st['A'], st['G']) for name, st in self.layer_state.items() if 'A' in st}
+
+    def _all_finite(self, new):
+        tensors = [p.grad for g in self.param_groups for p in g['params'] if p.grad is not None]
+        tensors += [t for pair in new.values() for t in pair]
+        if not tensors:
+            return True
+        return bool(torch.stack([t.sum().float() for t in tensors]).isfinite().all())  # one sync
+
+    def _skip(self, new):
+        bad = [self.param_names.get(p, '?') + '.grad' for g in self.param_groups for p in g['params']
+               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        bad += [f'{n}.{f}' for n, pair in new.items() for f, t in zip('AG', pair) if not torch.isfinite(t).all()]
+        self.skipped_steps += 1
+        print(f"{type(self).__name__}: non-finite {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} at step "
+              f"{self.steps}: step skipped ({self.skipped_steps} so far), factors keep their last finite values")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        factor_step = self.capture.armed
+        new = self.capture.take() if factor_step else {}
+        if new and not self._backward_called:
+            raise RuntimeError(f"{type(self).__name__}: factors were captured but optimizer.backward(scaled_loss, "
+                               "logits, loss_scale) was not called; it replaces scaled_loss.backward()")
+        if not self._all_finite(new):
+            self._skip(new)
+            self._arm()
+            return loss
+
+        layers = [(g, self.layer_state[g['name']]) for g in self.param_groups if g['kind'] == 'kronecker']
+        for group, st in layers:
+            if group['name'] in new:
+                device = group['params'][0].device
+                with self.timer('factors', device):
+                    for key, f in zip('AG', new[group['name']]):
+                        st[key] = f if key not in st else st[key].lerp_(f, 1 - self.factor_decay)
+        inv_step = self.steps % self.inv_update_freq == 0
+        for group, st in layers:
+            if 'A' not in st:
+                continue
+            with self.timer('decomp', group['params'][0].device):
+                if inv_step or not st.get('decomposed'):
+                    self.update_decomposition(st)
+                    st['decomposed'] = True
+                elif group['name'] in new:
+                    self.refresh_decomposition(st)
+
+        active = []  # (group, st, V) of the layers that have a gradient
+        for group, st in layers:
+            W = group['params'][0]
+            if W.grad is None:
+                continue
+            if 'A' not in st:
+                raise RuntimeError(f"{group['name']} has a gradient but no Kronecker factors: was its forward run in "
+                                   "train mode with grad enabled on a factor-update step?")
+            V = torch.cat([W.grad, group['params'][1].grad[:, None]], 1) if len(group['params']) == 2 else W.grad
+            active.append((group, st, V.to(st['A'].dtype)))  # (d_out, d_in [+1])
+        if active:
+            with self.timer('precond', active[0][2].device):
+                Us = [self.precondition(st, V) for _, st, V in active]
+                if self.grafting == 'adam':
+                    Us = [self._graft(st, U, V) for (_, st, V), U in zip(active, Us)]
+                if self.kl_clip is not None:
+                    vg = sum(g['lr'] ** 2 * (U * V).sum() for (g, _, V), U in zip(active, Us))
+                    nu = torch.where(vg > 0, (self.kl_clip / vg).sqrt(), torch.ones_like(vg)).clamp(max=1.0)
+                    Us = [nu * U for U in Us]
+                    self._nu = nu
+                self._ratio = (torch.stack([U.square().sum() for U in Us]).sum().sqrt() /
+                               torch.stack([V.square().sum() for *_, V in active]).sum().sqrt().clamp_min(1e-30))
+                for (group, st, _), U in zip(active, Us):
+                    if group['momentum']:
+                        if 'momentum_buffer' in st:
+                            U = st['momentum_buffer'].mul_(group['momentum']).add_(U)
+                        else:
+                            U = st['momentum_buffer'] = U.clone()
+                    W, lr = group['params'][0], group['lr']
+                    W.mul_(1 - lr * group['weight_decay'])  # decoupled, on the weight only
+                    W.add_(U[:, :W.shape[1]].to(W.dtype), alpha=-lr)
+                    if len(group['params']) == 2:
+                        group['params'][1].add_(U[:, -1].to(W.dtype), alpha=-lr)
+
+        if self.adamw is not None:
+            self.adamw.step()
+        self.steps += 1
+        self._steps_since_log += 1
+        self._arm()
+        return loss
+
+    def _graft(self, st, U, V):
+        """U rescaled to the norm of Adam's update for this layer (its own Adam moments of V)."""
+        (b1, b2), t = self.betas, self.steps + 1
+        m = st['exp_avg'] = st['exp_avg'].lerp_(V, 1 - b1) if 'exp_avg' in st else (1 - b1) * V
+        v = st['exp_avg_sq'] = st['exp_avg_sq'].lerp_(V * V, 1 - b2) if 'exp_avg_sq' in st else (1 - b2) * V * V
+        adam = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + self.eps)
+        return U * (adam.norm() / U.norm().clamp_min(1e-30))
+
+    def diagnostics(self):
+        """Flat floats for the train log. damping: the configured lambda; damping_eff: the mean over layers of the
+        lambda in use (differs in 'relative' mode); kl_nu: the last step's KL-clip factor (1: no clipping);
+        update_grad_ratio: ||U|| / ||V|| over all preconditioned layers after grafting and clipping, before
+        momentum; skipped_steps, decomp_retries: counts since the start; ms_factors (hooks, sampled backward, running
+        averages), ms_decomp, ms_precond (preconditioning, clipping, the weight update): mean ms per step since the
+        last call."""
+        n = max(self._steps_since_log, 1)
+        ms = self.timer.read()
+        lams = [st['damping_eff'] for st in self.layer_state.values() if 'damping_eff' in st]
+        out = dict(damping=self.damping, damping_eff=float(sum(float(x) for x in lams) / len(lams)) if lams else
+                   self.damping, kl_nu=float(self._nu), update_grad_ratio=float(self._ratio),
+                   skipped_steps=float(self.skipped_steps), decomp_retries=float(self.decomp_retries))
+        out.update({f'ms_{k}': ms.get(k, 0.0) / n for k in ('factors', 'decomp', 'precond')})
+        self._steps_since_log = 0
+        return out
+
+    # ---- checkpoints ----
+
+    def state_dict(self):
+        sd = super().state_dict()  # param groups and AdamW's state
+        sd['kronecker'] = dict(steps=self.steps, skipped_steps=self.skipped_steps, decomp_retries=self.decomp_retries,
+                               layers={name: dict(st) for name, st in self.layer_state.items()})
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        kron = state_dict.pop('kronecker', None)
+        if kron is None:
+            raise ValueError(f"not a {type(self).__name__} state_dict (it has no 'kronecker' entry)")
+        saved = [g.get('name') for g in state_dict['param_groups'] if g.get('kind') == 'kronecker']
+        if saved != list(self.modules_) or set(kron['layers']) != set(self.modules_):
+            raise ValueError(f"state_dict preconditions layers {saved}, this optimizer {list(self.modules_)}")
+        super().load_state_dict(state_dict)
+        self._link_adamw()
+        self.steps, self.skipped_steps = kron['steps'], kron['skipped_steps']
+        self.decomp_retries = kron['decomp_retries']
+        for name, st in kron['layers'].items():  # keep the saved dtypes (factors may be wider than the weights)
+            device = self.modules_[name].weight.device
+            self.layer_state[name] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in st.items()}
+        self._arm()
