@@ -7,6 +7,8 @@ Natural Gradient Descent in a Kronecker-factored Eigenbasis"; the QR refresh as 
 
 import torch
 
+# U = Q_G [(Q_G^T V Q_A) / (s_G s_A^T + damping)] Q_A^T: a fused Triton kernel on GPUs, three matmuls otherwise
+from kernels import eigenbasis_precondition
 from optim.kronecker import KroneckerOptimizer
 
 
@@ -24,12 +26,6 @@ def qr_refresh(M, Q):
     order = torch.argsort((Q * (M @ Q)).sum(0), descending=True)
     Q, _ = torch.linalg.qr(M @ Q[:, order])
     return (Q * (M @ Q)).sum(0).clamp(min=0), Q
-
-
-def eigenbasis_precondition(V, Q_G, s_G, Q_A, s_A, damping):
-    """U = Q_G [(Q_G^T V Q_A) / (s_G s_A^T + damping)] Q_A^T = (A (x) G + damping I)^-1 vec(V).
-    kernels.eigenbasis_precondition(V, Q_G, s_G, Q_A, s_A, damping) computes the same and plugs in here."""
-    return Q_G @ ((Q_G.T @ V @ Q_A) / (s_G[:, None] * s_A[None, :] + damping)) @ Q_A.T
 
 
 class FixedFisher(KroneckerOptimizer):

@@ -6,14 +6,8 @@ as samples ("expand", Eschenhagen et al., 2023).
 
 import torch
 
+from kernels import damped_inverse  # (M + damping I)^-1: Triton Newton-Schulz on GPUs, Cholesky otherwise
 from optim.kronecker import KroneckerOptimizer
-
-
-def damped_inverse(M, damping):
-    """(M + damping I)^-1 for a symmetric positive semi-definite M and damping > 0, by Cholesky.
-    kernels.damped_inverse(M, damping) computes the same and plugs in here."""
-    L = torch.linalg.cholesky(M + damping * torch.eye(M.shape[0], dtype=M.dtype, device=M.device))
-    return torch.cholesky_inverse(L)
 
 
 class KFAC(KroneckerOptimizer):

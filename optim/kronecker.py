@@ -319,7 +319,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             if all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,))):
                 return out
             why = 'non-finite result'
-        except torch.linalg.LinAlgError as e:
+        except (torch.linalg.LinAlgError, ValueError) as e:  # kernels raise ValueError for a non-PD factor
             why = str(e).splitlines()[0]
         self.decomp_retries += 1
         more = 10 * float(damping) + 1e-6 * M.diagonal().abs().mean().item() + 1e-30
