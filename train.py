@@ -76,13 +76,16 @@ exclude = ''  # comma-separated module names left to AdamW
 max_factor_dim = 4096  # layers with a wider factor are left to AdamW
 eigen_refresh = 'eigh'  # 'eigh' or 'qr' (one power iteration + QR from the previous eigenbasis)
 grafting = 'none'  # 'none' or 'adam': each layer's update rescaled to the norm of AdamW's
+muon_lr_scale = 1.0  # muon: Muon's learning rate relative to learning_rate (its AdamW part's)
 # learning rate schedule: linear warmup, cosine decay to min_lr
 decay_lr = True
 warmup_iters = 2000
 lr_decay_iters = 600000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
+target_val_loss = 0.0  # stop at the first evaluation at or below this val loss (0 disables): steps-to-target runs
 # DDP
 backend = ''  # '' picks nccl on GPUs and gloo on CPUs
+distribute = 'decomposition'  # Kronecker optimizers' work over ranks: 'decomposition', 'gradient', 'none'
 # system
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'  # or 'float16'
@@ -213,6 +216,8 @@ if master_process:
 
 # the optimizer gets every config global named like one of its arguments (learning_rate is its lr)
 optimizer = build_optimizer(optimizer, model, **optimizer_kwargs(optimizer, {**config, 'lr': learning_rate}))
+if hasattr(optimizer, 'distribute'):
+    optimizer.distribute = distribute  # how a Kronecker optimizer spreads its decompositions over DDP's ranks
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint['optimizer'])
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
@@ -294,6 +299,8 @@ def save(val_loss):
     rng_states = [None] * ddp_world_size
     if ddp:
         dist.all_gather_object(rng_states, rng)
+        if hasattr(optimizer, 'consolidate_state_dict'):
+            optimizer.consolidate_state_dict()  # on every rank: rank 0 gathers what the others own ('gradient')
     else:
         rng_states = [rng]
     if master_process:
@@ -331,6 +338,10 @@ while True:
         if (losses['val'] < best_val_loss or always_save_checkpoint) and iter_num > 0 and not eval_only:
             best_val_loss = min(best_val_loss, losses['val'])
             save(losses['val'])
+        if 0 < target_val_loss and losses['val'] <= target_val_loss and not eval_only:
+            if master_process:
+                print(f"step {iter_num}: val loss {losses['val']:.4f} reached target_val_loss {target_val_loss}; stopping")
+            is_last = True
         t_log += time.time() - t_eval  # evaluation and checkpointing are not training time
     if is_last or eval_only:
         break

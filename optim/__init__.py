@@ -9,12 +9,16 @@ from optim.adamw import adamw
 from optim.eva import EVA
 from optim.fixed_fisher import FixedFisher
 from optim.kfac import KFAC
+from optim.muon import muon
+from optim.soap import soap
 
 OPTIMIZERS = {
     'adamw': adamw,
     'kfac': KFAC,
     'eva': EVA,
     'fixed_fisher': FixedFisher,
+    'muon': muon,  # baselines a user would pick instead of a Kronecker method
+    'soap': soap,
 }
 
 

@@ -1,0 +1,132 @@
+"""
+PNG plots of train.py runs, read from their out_dir/metrics.jsonl: val loss vs steps and vs seconds of training
+time (one line per run), and each run's median ms/iter beside its parts (bars).
+
+$ python plot.py out-bench/*/ --out=out-plots
+$ python plot.py out-adamw-small out-fixed-fisher-small --labels=adamw,fixed_fisher --target_loss=1.9
+
+writes val_loss_vs_steps.png, val_loss_vs_seconds.png and ms_per_iter_breakdown.png into --out.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+
+# train-record keys of the step-time breakdown, as train.py and the Kronecker optimizers log them (ms per iteration).
+# forward+backward holds the factor-capture hooks, the optimizer step holds the decompositions and preconditioning:
+# the parts overlap, so they are drawn side by side, not stacked.
+BREAKDOWN = [
+    ('ms_per_iter', 'total'),
+    ('ms_fwd_bwd', 'forward+backward'),
+    ('ms_factors', 'factor capture'),
+    ('ms_decomp', 'decompositions'),
+    ('ms_precond', 'preconditioning'),
+    ('ms_step', 'optimizer step'),
+]
+
+
+def read_metrics(run_dir):
+    """(train records, eval records) of run_dir/metrics.jsonl, in order; NaN and Infinity (as json writes them)
+    are kept. A missing file is an error; a half-written last line (a killed run) is skipped."""
+    path = os.path.join(run_dir, 'metrics.jsonl')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: not a train.py out_dir, or the run has not started")
+    train, evals = [], []
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            raise ValueError(f"{path}, line {i + 1}, is not JSON: {line[:80]!r}")
+        if record.get('kind') == 'train':
+            train.append(record)
+        elif record.get('kind') == 'eval':
+            evals.append(record)
+    return train, evals
+
+
+def finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def median_ms(train):
+    """{key: median over the train records} for each BREAKDOWN key that some record has a finite value of."""
+    out = {}
+    for key, _ in BREAKDOWN:
+        values = [r[key] for r in train if finite(r.get(key))]
+        if values:
+            out[key] = statistics.median(values)
+    return out
+
+
+def plot_runs(run_dirs, out, labels=None, target_loss=None):
+    """Writes the three PNGs for run_dirs into folder out and returns their paths."""
+    import matplotlib
+    matplotlib.use('Agg')  # files only, no display
+    import matplotlib.pyplot as plt
+
+    labels = labels or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    runs = [(label, *read_metrics(d)) for label, d in zip(labels, run_dirs)]
+    os.makedirs(out, exist_ok=True)
+    paths = []
+
+    # the first evaluation (iteration 0) bounds the y axis, so that a run blowing up does not flatten the others
+    starts = [e[0]['val_loss'] for _, _, e in runs if e and finite(e[0]['val_loss'])]
+    for x_key, x_label, name in [('iter', 'iteration', 'val_loss_vs_steps.png'),
+                                 ('time_s', 'training time (s)', 'val_loss_vs_seconds.png')]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, _, evals in runs:
+            points = [(e[x_key], e['val_loss']) for e in evals if finite(e['val_loss'])]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker='o', markersize=3, label=label)
+        if target_loss is not None:
+            ax.axhline(target_loss, color='gray', linestyle='--', linewidth=1, label=f'target {target_loss:g}')
+        if starts:
+            ax.set_ylim(top=max(starts) * 1.02)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel('val loss')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(os.path.join(out, name))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+    # grouped horizontal bars: per run, the median ms/iter and each part it logged
+    medians = [median_ms(train) for _, train, _ in runs]
+    parts = [(k, key, part) for k, (key, part) in enumerate(BREAKDOWN) if any(key in ms for ms in medians)]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.25 * len(runs) * max(len(parts), 1)))
+    height = 0.8 / max(len(parts), 1)
+    for j, (k, key, part) in enumerate(parts):
+        ys = [i - 0.4 + (j + 0.5) * height for i, ms in enumerate(medians) if key in ms]
+        ax.barh(ys, [ms[key] for ms in medians if key in ms], height=height, label=part, color=f'C{k}')
+    ax.set_yticks(range(len(runs)), [label for label, _, _ in runs])
+    ax.invert_yaxis()
+    ax.set_xlabel('median ms per iteration')
+    ax.set_title('ms/iter and its parts (they overlap: not stacked)', fontsize=9)
+    ax.grid(axis='x', alpha=0.3)
+    if parts:
+        ax.legend(fontsize=8, loc='lower right')
+    fig.tight_layout()
+    paths.append(os.path.join(out, 'ms_per_iter_breakdown.png'))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('run_dirs', nargs='+', help="train.py out_dirs (each with a metrics.jsonl)")
+    parser.add_argument('--out', default='out-plots', help="folder for the PNGs")
+    parser.add_argument('--labels', default=None, help="comma-separated legend labels (default: folder names)")
+    parser.add_argument('--target_loss', type=float, default=None, help="draw this val loss as a dashed line")
+    args = parser.parse_args()
+    for path in plot_runs(args.run_dirs, args.out, args.labels.split(',') if args.labels else None,
+                          args.target_loss):
+        print(f"wrote {path}")
