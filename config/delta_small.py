@@ -1,5 +1,6 @@
 # adamw_small's model, data and schedule with delta-rule fast weights: DPFP features, sum-normalised keys and
-# queries, a learned beta per head (Schlag, Irie & Schmidhuber 2021, the paper's best). Only the attention differs.
+# queries, a learned beta per head (Schlag, Irie & Schmidhuber 2021, the paper's best). Only the attention differs from
+# adamw_small at nanoGPT's lr 1e-3 (val loss after 2000 iterations: softmax 1.905, linear 2.057, delta 1.877).
 
 out_dir = 'out-delta-small'
 eval_interval = 250

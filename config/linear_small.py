@@ -1,5 +1,6 @@
 # adamw_small's model, data and schedule with linear attention: DPFP features (nu = 1), the sum rule and
-# attention normalisation (Schlag, Irie & Schmidhuber 2021). Only the attention differs.
+# attention normalisation (Schlag, Irie & Schmidhuber 2021). Only the attention differs from
+# adamw_small at nanoGPT's lr 1e-3 (val loss after 2000 iterations: softmax 1.905, linear 2.057, delta 1.877).
 
 out_dir = 'out-linear-small'
 eval_interval = 250
