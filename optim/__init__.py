@@ -6,9 +6,13 @@ A dict is the registry; each optimizer lives in its own file.
 import inspect
 
 from optim.adamw import adamw
+from optim.dykaf import DyKAF
+from optim.ekfac import EKFAC
 from optim.eva import EVA
 from optim.fixed_fisher import FixedFisher
+from optim.ief import IEF, IEKFAC
 from optim.kfac import KFAC
+from optim.kpsvd import KFACCorrected, KPSVD
 from optim.muon import muon
 from optim.soap import soap
 
@@ -17,6 +21,12 @@ OPTIMIZERS = {
     'kfac': KFAC,
     'eva': EVA,
     'fixed_fisher': FixedFisher,
+    'ekfac': EKFAC,  # the other Fisher approximations of the literature, on the same factor capture
+    'ief': IEF,
+    'iekfac': IEKFAC,
+    'kpsvd': KPSVD,
+    'kfac_corrected': KFACCorrected,
+    'dykaf': DyKAF,
     'muon': muon,  # baselines a user would pick instead of a Kronecker method
     'soap': soap,
 }

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from optim.adamw import adamw_param_groups
+from optim.distributed import MODES, Ranks, average_factors, world
 
 
 def outer(x):
@@ -92,6 +93,7 @@ class FactorCapture:
         self.loss_scale, self.record_grads = 1.0, True
         self.timer = Timer()
         self.handles, self.sums = [], {}
+        self.comm_bytes = 0  # under DDP: bytes averaged over ranks by take()
 
     @property
     def armed(self):
@@ -142,6 +144,10 @@ class FactorCapture:
     def take(self):
         out = {name: (sa / na, sg / ng) for name, (sa, na, sg, ng) in self.sums.items() if na and ng}
         self.clear()
+        if out and world()[1] > 1:  # under DDP: the means of the global batch, on every rank (optim/distributed.py)
+            device = self.modules[next(iter(out))].weight.device
+            with self.timer('factors', device), self.timer('comm', device):
+                self.comm_bytes += average_factors(out)
         return out
 
 
@@ -212,6 +218,11 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     skips the step (counted, printed; factors keep their last finite values); a decomposition that fails or gives
     non-finite values is retried in float64 with more damping (counted, printed).
 
+    Under DDP (torchrun; build the optimizer on the unwrapped model, after init_process_group) the factors are
+    averaged over ranks on factor-update steps and each layer's decomposition runs on one rank: the attribute
+    distribute = 'decomposition' (default) | 'gradient' | 'none' says what is broadcast (optim/distributed.py). With
+    'gradient', call consolidate_state_dict() on every rank before rank 0's state_dict().
+
     Caveats:
     - Under torch.compile, factor-update steps break the graph at each hooked layer (the hooks run eagerly) and
       other steps run the hook-free graph; the factors equal the eager ones. fisher='sampled' retains the graph
@@ -273,6 +284,10 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         self.timer = self.capture.timer
         self.layer_state = {name: {} for name in self.modules_}  # factors, decompositions, buffers per layer
         self.steps, self.skipped_steps, self.decomp_retries, self._steps_since_log = 0, 0, 0, 0
+        self.decompositions = 0  # update_decomposition calls on this rank
+        self.ranks = None  # under DDP (more than one rank): optim/distributed.py's Ranks, made by the setter below
+        self._consolidated = None  # distribute='gradient': other ranks' layer states, for rank 0's next state_dict()
+        self.distribute = 'decomposition'
         self._nu, self._ratio, self._backward_called = 1.0, 0.0, False
         self._arm()
         if fisher == 'sampled':
@@ -284,6 +299,26 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             print(f"{type(self).__name__}: preconditioned ({len(self.modules_)}): {', '.join(self.modules_)}")
             print(f"{type(self).__name__}: AdamW ({len(others)}): "
                   f"{', '.join(f'{n} ({why})' for n, why in others.items())}")
+
+    @property
+    def distribute(self):
+        """Under DDP: 'decomposition' (each layer's owner rank computes its decomposition and broadcasts it),
+        'gradient' (the owner keeps it and broadcasts the preconditioned gradient each step) or 'none' (every rank
+        computes every decomposition). Factors are all-reduced in every mode. See optim/distributed.py."""
+        return self._distribute
+
+    @distribute.setter
+    def distribute(self, mode):
+        if mode not in MODES:
+            raise ValueError(f"unknown distribute {mode!r}; known: {', '.join(MODES)}")
+        if self.ranks is None and world()[1] > 1:
+            has = type(self).update_decomposition is not KroneckerOptimizer.update_decomposition
+            self.ranks = Ranks(self, mode, has)
+        elif self.ranks is not None and mode != self._distribute:
+            self.ranks.set_mode(self, mode)
+            for st in self.layer_state.values():  # another mode holds decompositions elsewhere: recompute them
+                st.pop('decomposed', None)
+        self._distribute = mode
 
     def __del__(self):  # the hooks hold the capture, not the optimizer: once it is gone, so are they
         if getattr(self, 'capture', None) is not None:
@@ -418,15 +453,27 @@ class KroneckerOptimizer(torch.optim.Optimizer):
                     for key, f in zip('AG', new[group['name']]):
                         st[key] = f if key not in st else st[key].lerp_(f, 1 - self.factor_decay)
         inv_step = self.steps % self.inv_update_freq == 0
+        full, refresh = [], []  # layers to decompose, and to refresh (factors updated between decompositions)
         for group, st in layers:
             if 'A' not in st:
                 continue
-            with self.timer('decomp', group['params'][0].device):
-                if inv_step or not st.get('decomposed'):
-                    self.update_decomposition(st)
-                    st['decomposed'] = True
-                elif group['name'] in new:
-                    self.refresh_decomposition(st)
+            if inv_step or not st.get('decomposed'):
+                full.append(group['name'])
+            elif group['name'] in new and type(self).refresh_decomposition is not \
+                    KroneckerOptimizer.refresh_decomposition:
+                refresh.append(group['name'])
+        if full or refresh:
+            with self.timer('decomp', layers[0][0]['params'][0].device):
+                if self.ranks is None:
+                    for name in full:
+                        self.update_decomposition(self.layer_state[name])
+                        self.decompositions += 1
+                    for name in refresh:
+                        self.refresh_decomposition(self.layer_state[name])
+                else:  # each on its owner rank, then (distribute='decomposition') broadcast
+                    self.ranks.decompose(self, full, refresh)
+            for name in full:
+                self.layer_state[name]['decomposed'] = True
 
         active = []  # (group, st, V) of the layers that have a gradient
         for group, st in layers:
@@ -440,7 +487,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             active.append((group, st, V.to(st['A'].dtype)))  # (d_out, d_in [+1])
         if active:
             with self.timer('precond', active[0][2].device):
-                Us = [self.precondition(st, V) for _, st, V in active]
+                Us = [self.precondition(st, V) for _, st, V in active] if self.ranks is None else \
+                    self.ranks.precondition(self, active)
                 if self.grafting == 'adam':
                     Us = [self._graft(st, U, V) for (_, st, V), U in zip(active, Us)]
                 if self.kl_clip is not None:
@@ -491,15 +539,40 @@ class KroneckerOptimizer(torch.optim.Optimizer):
                    self.damping, kl_nu=float(self._nu), update_grad_ratio=float(self._ratio),
                    skipped_steps=float(self.skipped_steps), decomp_retries=float(self.decomp_retries))
         out.update({f'ms_{k}': ms.get(k, 0.0) / n for k in ('factors', 'decomp', 'precond')})
+        if self.ranks is not None:  # under DDP: comm_mb, this rank's MB all-reduced or broadcast per step (payload;
+            # DDP's gradient all-reduce is not counted), ms_comm its time (within ms_factors/decomp/precond), and
+            # decompositions, this rank's update_decomposition calls since the start
+            out.update(comm_mb=(self.ranks.comm_bytes + self.capture.comm_bytes) / 2**20 / n,
+                       ms_comm=ms.get('comm', 0.0) / n, decompositions=float(self.decompositions))
+            self.ranks.comm_bytes = self.capture.comm_bytes = 0
         self._steps_since_log = 0
         return out
 
     # ---- checkpoints ----
 
+    def consolidate_state_dict(self):
+        """Under DDP with distribute='gradient', call on every rank before rank 0's state_dict() (as for torch's
+        ZeroRedundancyOptimizer): rank 0 then gets the state of the layers that other ranks own. Else a no-op."""
+        if self.ranks is not None and self.ranks.mode == 'gradient':
+            self._consolidated = self.ranks.consolidate(self)
+
     def state_dict(self):
         sd = super().state_dict()  # param groups and AdamW's state
+        layers = {name: dict(st) for name, st in self.layer_state.items()}
+        if self.ranks is not None and self.ranks.mode == 'gradient':
+            theirs, self._consolidated = self._consolidated, None
+            for name in layers:
+                if self.ranks.owns(name):
+                    continue
+                if theirs and name in theirs:
+                    layers[name] = theirs[name]
+                else:  # its decomposition stays with its owner: a resume recomputes it
+                    layers[name].pop('decomposed', None)
+            if theirs is None:
+                print(f"{type(self).__name__}: state_dict() without consolidate_state_dict() on every rank first: the "
+                      "layers of other ranks are saved without their decompositions (a resume recomputes them)")
         sd['kronecker'] = dict(steps=self.steps, skipped_steps=self.skipped_steps, decomp_retries=self.decomp_retries,
-                               layers={name: dict(st) for name, st in self.layer_state.items()})
+                               layers=layers)
         return sd
 
     def load_state_dict(self, state_dict):
@@ -516,5 +589,9 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         self.decomp_retries = kron['decomp_retries']
         for name, st in kron['layers'].items():  # keep the saved dtypes (factors may be wider than the weights)
             device = self.modules_[name].weight.device
+            if self.ranks is not None and self.ranks.mode == 'gradient' and not self.ranks.owns(name):
+                # distribute='gradient': another rank decomposes and preconditions this layer; keep what step() uses
+                st = {k: v for k, v in st.items() if k in ('A', 'G', 'momentum_buffer', 'exp_avg', 'exp_avg_sq',
+                                                           'decomposed')}
             self.layer_state[name] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in st.items()}
         self._arm()
