@@ -114,21 +114,6 @@ def test_s_is_averaged_between_eigenbases_and_restarts_with_a_new_one():
     torch.testing.assert_close(seen[2][0], moments[2], rtol=1e-10, atol=1e-14)
 
 
-def test_two_micro_steps_of_half_batch_equal_one_step():
-    X, Y = batch(0, B=4)
-    runs = []
-    for micro in (1, 2):
-        gpt = tiny_gpt()
-        opt = build_optimizer('ekfac', gpt, lr=0.1, **CONTRACT)
-        for Xc, Yc in zip(X.chunk(micro), Y.chunk(micro)):
-            logits, loss = gpt(Xc, Yc)
-            opt.backward(loss / micro, logits, 1.0 / micro)
-        opt.step()
-        runs.append([p.detach().clone() for p in gpt.parameters()])
-    for p1, p2 in zip(*runs):
-        torch.testing.assert_close(p2, p1, rtol=1e-9, atol=1e-12)
-
-
 def test_short_run_trains():
     gpt, (X, Y) = tiny_gpt(), batch(0)
     opt = build_optimizer('ekfac', gpt, lr=0.02, factor_update_freq=2, inv_update_freq=4, kl_clip=1e-2,

@@ -255,7 +255,7 @@ def test_plain_backward_on_a_factor_step_is_a_clear_error():
         opt.step()
 
 
-@pytest.mark.parametrize('name', ['kfac', 'fixed_fisher', 'eva'])
+@pytest.mark.parametrize('name', ['kfac', 'fixed_fisher', 'eva', 'ekfac', 'ief'])
 def test_two_micro_steps_of_half_batch_equal_one_step(name):
     X, Y = tokens(B=4)
     cfg = dict(EXACT, lr=0.1)

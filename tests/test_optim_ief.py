@@ -129,21 +129,6 @@ def test_gram_forms_equal_explicit_per_sample_gradients(da, dg):
     torch.testing.assert_close(gram(a, g, T), J @ J.T, rtol=1e-12, atol=1e-12)
 
 
-def test_two_micro_steps_of_half_batch_equal_one_step():
-    X, Y = batch(0, B=4)
-    runs = []
-    for micro in (1, 2):
-        gpt = tiny_gpt()
-        opt = build_optimizer('ief', gpt, lr=0.1, **CONTRACT)
-        for Xc, Yc in zip(X.chunk(micro), Y.chunk(micro)):
-            logits, loss = gpt(Xc, Yc)
-            opt.backward(loss / micro, logits, 1.0 / micro)
-        opt.step()
-        runs.append([p.detach().clone() for p in gpt.parameters()])
-    for p1, p2 in zip(*runs):
-        torch.testing.assert_close(p2, p1, rtol=1e-9, atol=1e-12)
-
-
 def test_iekfac_rescales_each_tokens_output_gradient():
     torch.manual_seed(0)
     layer = nn.Linear(6, 5).double()
