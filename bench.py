@@ -3,27 +3,39 @@ Optimizer-vs-optimizer runs on one config: each run is `python train.py CONFIG .
 what a user would type, with the same seed, data order (data_seed) and token budget (max_iters), then a table of
 results in OUT/results.md and OUT/results.json, and plots (plot.py) of the runs in OUT.
 
+$ python bench.py config/compare_small.py                  # a study file: the README's results
+$ python bench.py config/ablations/damping.py --max_iters=100   # an ablation, shortened from the command line
 $ python bench.py config/adamw_small.py --optimizers=adamw,muon,fixed_fisher --max_iters=500 --out_dir=out-bench
 $ python bench.py config/adamw_small.py --runs="kfac:damping=1e-2;kfac:damping=1e-3" --tune lr=3e-4,1e-3,3e-3
 
 bench.py's own arguments; everything else (config files, --key=value) goes to every run's train.py as written:
   --optimizers=a,b,...   one run per optimizer: --optimizer=a
-  --runs="a;b:k=v,k2=v2" runs with overrides of their own, ';' between runs: an optimizer, then ':' and
-                         comma-separated --key=value overrides for that run only (after the shared ones)
+  --runs="a;b:k=v,k2=v2" runs with overrides of their own, ';' between runs: an optimizer or a config file, then ':'
+                         and comma-separated --key=value overrides for that run only. A config file's run is
+                         `train.py FILE <the shared arguments> <its overrides>`, named after the file
+                         ("kfac_small damping=1e-2"); so give no shared config file with such runs.
   --tune KEY=v1,v2,...   run every run once per value and keep the one with the lowest final val loss, so that
                          no optimizer is compared untuned; KEY is a train.py global (lr means learning_rate);
                          several --tune give the product grid; an optimizer knob is tuned only for the
                          optimizers that take it (--tune damping=... leaves AdamW's runs alone)
-  --target_loss=1.9      steps and training seconds to the first evaluation at or below this val loss
+  --target_loss=1.9      steps and training seconds to the first evaluation at or below this val loss; a run's
+                         name instead (--target_loss=adamw_small) means that run's final val loss (its best trial's)
   --out_dir=out-bench    the root: OUT/<run>/ (train.py's out_dir, and train.log, its output), results, plots
   --nproc=1              ranks per run: above 1, each run goes under torchrun --standalone --nproc_per_node=N
+  --jobs=1               runs at a time (each its own process: with OMP_NUM_THREADS=1, one per core)
 
-A run's name is its optimizer and overrides ("kfac damping=1e-2 learning_rate=1e-3"), its folder the same with
-'_' for ' '. A run whose loss turns NaN or inf is 'diverged' (train.py stops it), one that exits with an error
-otherwise 'failed'; the others go on. Times are train.py's: time_s is training time (evaluation left out), the
-ms columns are medians over the train records of ms/iter and of the parts the run logs (train.py: ms_fwd_bwd,
+A study file (config/compare_small.py, config/ablations/*.py) is a Python file that sets `runs`: a list of run
+specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
+target_loss, out_dir, jobs, nproc. Arguments on the command line come after the file's: shared train.py
+arguments are appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
+
+A run's name is its optimizer (or config file) and overrides ("kfac damping=1e-2 learning_rate=1e-3"), its folder
+the same with '_' for ' '. A run whose loss turns NaN or inf is 'diverged' (train.py stops it), one that exits with
+an error otherwise 'failed'; the others go on. Times are train.py's: time_s is training time (evaluation left out),
+the ms columns are medians over the train records of ms/iter and of the parts the run logs (train.py: ms_fwd_bwd,
 ms_step and peak_mem_mb; the Kronecker optimizers: ms_factors, ms_decomp, ms_precond; they overlap: the factor
-hooks run in the backward, decompositions and preconditioning in the step); '—' where a run has none.
+hooks run in the backward, decompositions and preconditioning in the step); '—' where a run has none. Runs at the
+same time (--jobs above 1) share the machine: compare their times only with each other.
 
 results.json: {"rows": the table's runs (each spec's best trial), "trials": every run, "train_args",
 "target_loss"}; a run has name, trial, optimizer, overrides, tuned, status, error, final_val_loss, best_val_loss,
@@ -33,6 +45,7 @@ returncode and wall_s (null where unknown).
 
 import inspect
 import itertools
+from concurrent.futures import ThreadPoolExecutor, as_completed
 import json
 import os
 import subprocess
@@ -67,12 +80,31 @@ def parse_pairs(text, what):
 
 
 def parse_runs(optimizers, runs):
-    """[(optimizer, [(key, value), ...]), ...] from --optimizers=a,b and --runs="a;b:k=v,k2=v2"."""
+    """[(optimizer or config file, [(key, value), ...]), ...] from --optimizers=a,b and --runs="a;b:k=v,k2=v2"."""
     specs = [(name.strip(), []) for name in optimizers.split(',') if name.strip()]
     for item in filter(None, (s.strip() for s in runs.split(';'))):
         name, _, overrides = item.partition(':')
         specs.append((name.strip(), parse_pairs(overrides, f"--runs item {item!r}")))
     return specs
+
+
+def read_py(path):
+    """The globals a config or study file sets (it runs as Python, as train.py's configurator runs it)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    scope = {}
+    with open(path) as f:
+        exec(compile(f.read(), path, 'exec'), scope)
+    return {k: v for k, v in scope.items() if not k.startswith('__')}
+
+
+def spec_optimizer(spec, train_args):
+    """The optimizer of a run spec: the spec itself, or the `optimizer` its config file sets, else the shared
+    arguments' --optimizer=, else train.py's default (adamw)."""
+    if not spec.endswith('.py'):
+        return spec
+    shared = [a.split('=', 1)[1] for a in train_args if a.startswith('--optimizer=')]
+    return read_py(spec).get('optimizer', shared[-1] if shared else 'adamw')
 
 
 def parse_tune(tunes):
@@ -179,32 +211,64 @@ def best_of_each(trials):
     return rows
 
 
-def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True):
-    """Runs every spec at every grid point; returns (rows: the best trial per spec, trials: all of them, the
-    markdown table). out_dir/results.md and results.json are rewritten after each run (an interrupted bench keeps
-    what it has), the plots of the rows' runs are drawn at the end."""
-    jobs = []
-    for optimizer, overrides in specs:
+def run_target(rows, trials, name):
+    """The final val loss of the row called name; every trial's steps and seconds to it filled in."""
+    row = next((r for r in rows if r['name'] == name), None)
+    if row is None or row['final_val_loss'] is None:
+        raise ValueError(f"--target_loss={name}: no run of that name finished (runs: {[r['name'] for r in rows]})")
+    target = row['final_val_loss']
+    for t in trials:
+        if t.get('out_dir'):
+            again = summarize(t['out_dir'], t['returncode'], target)
+            t['steps_to_target'], t['seconds_to_target'] = again['steps_to_target'], again['seconds_to_target']
+    return target
+
+
+def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1):
+    """Runs every spec at every grid point, `jobs` at a time; returns (rows: the best trial per spec, trials: all of
+    them, the markdown table). out_dir/results.md and results.json are rewritten after each run (an interrupted
+    bench keeps what it has), the plots of the rows' runs are drawn at the end."""
+    todo = []  # (name, trial, optimizer, config file or None, overrides, grid point)
+    for spec, overrides in specs:
+        optimizer = spec_optimizer(spec, train_args)
+        config = spec if spec.endswith('.py') else None
+        name = ' '.join([os.path.basename(spec)[:-3] if config else spec] + [f'{k}={v}' for k, v in overrides])
         points = [tuple((k, v) for k, v in point if tuned_here(optimizer, k)) for point in grid]
-        jobs += [(optimizer, overrides, list(point)) for point in dict.fromkeys(points)]
-    trials = []
-    bar = tqdm(jobs, desc='bench', unit='run')
-    for optimizer, overrides, point in bar:
-        name = ' '.join([optimizer] + [f'{k}={v}' for k, v in overrides])
-        trial = ' '.join([name] + [f'{k}={v}' for k, v in point])
-        bar.set_postfix_str(trial)
+        for point in dict.fromkeys(points):
+            trial = ' '.join([name] + [f'{k}={v}' for k, v in point])
+            todo.append((name, trial, optimizer, config, overrides, list(point)))
+    trials = [dict(trial=t[1]) for t in todo]  # filled in as the runs end, kept in the order given
+
+    def run(name, trial, optimizer, config, overrides, point):
         run_dir = os.path.join(out_dir, trial.replace(' ', '_'))
-        args = [*train_args, f'--optimizer={optimizer}', *[f'--{k}={v}' for k, v in overrides + point],
-                f'--wandb_run_name={trial}']
+        args = [config, *train_args] if config else [*train_args, f'--optimizer={optimizer}']
+        args += [*[f'--{k}={v}' for k, v in overrides + point], f'--wandb_run_name={trial}']
         t0 = time.time()
         returncode = run_one(args, run_dir, nproc)
-        row = dict(name=name, trial=trial, optimizer=optimizer, overrides=dict(overrides), tuned=dict(point),
-                   out_dir=run_dir, returncode=returncode, wall_s=time.time() - t0,
-                   **summarize(run_dir, returncode, target_loss))
-        trials.append(row)
-        final = '—' if row['final_val_loss'] is None else f"{row['final_val_loss']:.4f}"
-        bar.write(f"{trial}: {row['status']}, final val loss {final}" + (f" ({row['error']})" if row['error'] else ''))
-        rows = best_of_each(trials)
+        return dict(name=name, trial=trial, optimizer=optimizer, overrides=dict(overrides), tuned=dict(point),
+                    out_dir=run_dir, returncode=returncode, wall_s=time.time() - t0,
+                    **summarize(run_dir, returncode, None if isinstance(target_loss, str) else target_loss))
+
+    rows, table = [], ''
+    bar = tqdm(total=len(todo), desc='bench', unit='run')
+    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+        futures = {pool.submit(run, *t): i for i, t in enumerate(todo)}
+        for future in as_completed(futures):
+            row = trials[futures[future]] = future.result()
+            final = '—' if row['final_val_loss'] is None else f"{row['final_val_loss']:.4f}"
+            bar.write(f"{row['trial']}: {row['status']}, final val loss {final}" +
+                      (f" ({row['error']})" if row['error'] else ''))
+            bar.update()
+            done = [t for t in trials if 'status' in t]
+            rows = best_of_each(done)
+            table = markdown(rows, None if isinstance(target_loss, str) else target_loss, done)
+            with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+                f.write(table)
+            with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+                json.dump(dict(train_args=train_args, target_loss=target_loss, rows=rows, trials=done), f, indent=1)
+    bar.close()
+    if isinstance(target_loss, str):  # a run's name: its final val loss is the target of every run
+        target_loss = run_target(rows, trials, target_loss)
         table = markdown(rows, target_loss, trials)
         with open(os.path.join(out_dir, 'results.md'), 'w') as f:
             f.write(table)
@@ -217,9 +281,22 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
 
 
 def main(argv):
-    opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-bench', nproc=1)
+    opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-bench', nproc=1, jobs=1)
     tunes, train_args = [], []
     argv = list(argv)
+    study = [a for a in argv if a.endswith('.py') and os.path.isfile(a) and 'runs' in read_py(a)]
+    if len(study) > 1:
+        raise ValueError(f"one study file at a time, got {study}")
+    if study:  # the file's settings first, the command line's after them
+        argv.remove(study[0])
+        known = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc'}
+        settings = {k: v for k, v in read_py(study[0]).items() if k in known}
+        if not (isinstance(settings['runs'], list) and all(isinstance(r, str) for r in settings['runs'])):
+            raise ValueError(f"{study[0]}: runs must be a list of run specs (strings), got {settings['runs']!r}")
+        opts['runs'] = ';'.join(settings.pop('runs'))
+        train_args += [str(a) for a in settings.pop('train_args', [])]
+        tunes += list(settings.pop('tune', []))
+        opts.update({k: v for k, v in settings.items() if v is not None})
     while argv:
         arg = argv.pop(0)
         key, sep, value = arg[2:].partition('=') if arg.startswith('--') else ('', '', '')
@@ -229,6 +306,8 @@ def main(argv):
                     raise ValueError("--tune needs KEY=v1,v2,...")
                 value = argv.pop(0)
             tunes.append(value)
+        elif key in ('runs', 'optimizers') and sep and opts[key]:
+            opts[key] += (';' if key == 'runs' else ',') + value
         elif key in opts and sep:
             opts[key] = value
         else:
@@ -236,9 +315,14 @@ def main(argv):
     specs = parse_runs(opts['optimizers'], opts['runs'])
     if not specs:
         raise ValueError("nothing to run: give --optimizers=a,b and/or --runs=\"a:key=value;...\"")
-    target_loss = float(opts['target_loss']) if opts['target_loss'] is not None else None
+    target_loss = opts['target_loss']
+    try:
+        target_loss = float(target_loss) if target_loss is not None else None
+    except ValueError:
+        pass  # a run's name: its final val loss, known at the end
     os.makedirs(opts['out_dir'], exist_ok=True)
-    _, _, table = bench(train_args, specs, parse_tune(tunes), opts['out_dir'], target_loss, int(opts['nproc']))
+    _, _, table = bench(train_args, specs, parse_tune(tunes), opts['out_dir'], target_loss, int(opts['nproc']),
+                        jobs=int(opts['jobs']))
     print(table)
     print(f"wrote {os.path.join(opts['out_dir'], 'results.md')}, results.json and the plots")
 

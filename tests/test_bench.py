@@ -118,6 +118,44 @@ def test_tune_keeps_each_optimizers_best_and_plot_cli(tmp_path, monkeypatch):
     assert_valid_pngs(out)
 
 
+def test_study_file_with_config_runs_and_parallel_jobs(tmp_path, monkeypatch):
+    """A study file sets runs (an optimizer with overrides, a config file), the shared train.py arguments, a tuning
+    grid and jobs; the command line adds to it. A config file's run is train.py FILE <shared> <overrides>, named
+    after the file and tuned as its optimizer; runs at the same time still land in the table in the order given."""
+    calls = []
+
+    def recording_run(args, run_dir, nproc):
+        calls.append(args)
+        return fake_run(args, run_dir, nproc)
+
+    monkeypatch.setattr(bench, 'run_one', recording_run)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'my_adamw.py').write_text("optimizer = 'adamw'\nlearning_rate = 3e-3\n")
+    (tmp_path / 'study.py').write_text(
+        "runs = ['my_adamw.py', 'kfac:damping=1e-2']\ntrain_args = ['--max_iters=4', '--eval_interval=2']\n"
+        "tune = ['lr=1e-3,1e-2']\njobs = 2\nout_dir = 'out-study'\ntarget_loss = 'my_adamw'\n")
+    bench.main(['study.py', '--runs=eva', '--eval_interval=4', '--tune=damping=1e-1,1'])
+    with open(tmp_path / 'out-study' / 'results.json') as f:
+        results = json.load(f)
+    assert [t['trial'] for t in results['trials']] == [
+        'my_adamw learning_rate=1e-3', 'my_adamw learning_rate=1e-2',  # adamw takes no damping: not tuned
+        *[f'kfac damping=1e-2 learning_rate={lr} damping={d}' for lr in ('1e-3', '1e-2') for d in ('1e-1', '1')],
+        *[f'eva learning_rate={lr} damping={d}' for lr in ('1e-3', '1e-2') for d in ('1e-1', '1')]]
+    assert [r['name'] for r in results['rows']] == ['my_adamw', 'kfac damping=1e-2', 'eva']
+    assert results['rows'][0]['optimizer'] == 'adamw' and results['rows'][0]['tuned'] == {'learning_rate': '1e-2'}
+    # target_loss = 'my_adamw': that run's best final val loss (1.0 at lr 1e-2); lr 1e-3 (final 2.0) never gets there
+    assert results['target_loss'] == 1.0
+    assert [(t['trial'], t['steps_to_target']) for t in results['trials'][:2]] == [
+        ('my_adamw learning_rate=1e-3', None), ('my_adamw learning_rate=1e-2', 4)]
+    assert results['train_args'] == ['--max_iters=4', '--eval_interval=2', '--eval_interval=4']
+    mine = next(a for a in calls if a[0] == 'my_adamw.py' and '--learning_rate=1e-3' in a)
+    assert mine[1:4] == ['--max_iters=4', '--eval_interval=2', '--eval_interval=4']  # the file, then the shared
+    assert not any(a.startswith('--optimizer=') for a in mine)
+    kfac = next(a for a in calls if '--optimizer=kfac' in a)
+    assert kfac.index('--damping=1e-2') < kfac.index('--learning_rate=1e-3')  # overrides, then the grid point
+    assert len(calls) == 10
+
+
 def test_parse_runs_and_tune_grid():
     assert bench.parse_runs('adamw, muon', 'kfac:damping=1e-2,factor_decay=0.9;soap:lr=1e-3') == [
         ('adamw', []), ('muon', []), ('kfac', [('damping', '1e-2'), ('factor_decay', '0.9')]),
@@ -143,6 +181,32 @@ def train_header():
     namespace = {'__file__': path, '__name__': 'train_header'}
     exec(compile(source[:source.index('config_keys = ')], path, 'exec'), namespace)
     return namespace
+
+
+STUDIES = sorted(glob.glob(os.path.join(REPO, 'config', 'ablations', '*.py')) +
+                 glob.glob(os.path.join(REPO, 'config', 'bench', '*.py')))
+
+
+@pytest.mark.parametrize('study', STUDIES, ids=os.path.basename)
+def test_study_files_name_real_configs_and_globals(study, monkeypatch):
+    """Every run of each study file (config/ablations, config/bench) is a train.py command the configurator takes:
+    its config file exists and sets known globals, its overrides, shared arguments and grid keys are globals."""
+    monkeypatch.chdir(REPO)
+    settings = bench.read_py(study)
+    assert settings['runs'] and set(settings) <= {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs',
+                                                  'nproc'}
+    specs = bench.parse_runs('', ';'.join(settings['runs']))
+    grid = bench.parse_tune(settings.get('tune', []))
+    shared = settings.get('train_args', [])
+    for spec, overrides in specs:
+        for point in grid:
+            args = [spec] if spec.endswith('.py') else [f'--optimizer={spec}']
+            args += [*shared, *[f'--{k}={v}' for k, v in overrides + point]]
+            namespace = train_header()
+            monkeypatch.setattr(sys, 'argv', ['train.py', *args])
+            exec(open(os.path.join(REPO, 'configurator.py')).read(), namespace)
+            from optim import OPTIMIZERS
+            assert namespace['optimizer'] in OPTIMIZERS
 
 
 @pytest.mark.parametrize('config', sorted(glob.glob(os.path.join(REPO, 'config', '*.py'))), ids=os.path.basename)

@@ -55,7 +55,7 @@ def test_muon_update_equals_torch_muon_and_adamw():
     _, loss = model(X, Y)
     loss.backward()
     lr, scale = 1e-2, 3.0
-    opt = MuonAdamW(model, lr=lr, weight_decay=0.1, momentum=0.95, muon_lr_scale=scale)
+    opt = MuonAdamW(model, lr=lr, weight_decay=0.1, momentum=0.95, muon_lr_scale=scale, ns_dtype='bfloat16')
     refs = {}
     for group in opt.muon.param_groups + opt.adamw.param_groups:
         for p in group['params']:
@@ -75,6 +75,40 @@ def test_muon_update_equals_torch_muon_and_adamw():
     for p, ref in refs.items():
         assert torch.equal(p.detach(), ref.detach())
     assert any(not torch.equal(p.detach(), p0) for p, p0 in zip(model.parameters(), tiny_gpt().parameters()))
+
+
+def test_muon_float32_newton_schulz_matches_a_float64_iteration():
+    """ns_dtype='float32' (the CPU default) runs torch's quintic iteration X <- aX + (b XX^T + c (XX^T)^2) X in
+    float32: the first step's update of a weight equals the same iteration in float64 to float32 accuracy, and is
+    closer to it than torch's bfloat16 one; torch's own function is back in place after the step."""
+    def newton_schulz64(G, a=3.4445, b=-4.7750, c=2.0315):
+        X = G.double().T if G.shape[0] > G.shape[1] else G.double()
+        X = X / X.norm()
+        for _ in range(5):
+            S = X @ X.T
+            X = a * X + (b * S + c * S @ S) @ X
+        return X.T if G.shape[0] > G.shape[1] else X
+
+    before = torch.optim._muon._zeropower_via_newtonschulz
+    updates = {}
+    for ns_dtype in ('float32', 'bfloat16'):
+        model = tiny_gpt()
+        _, loss = model(*batch(0))
+        loss.backward()
+        W = model.transformer.h[0].mlp.c_fc.weight  # (4 n_embd, n_embd): the transposed branch
+        W0, grad = W.detach().clone(), W.grad.clone()
+        opt = MuonAdamW(model, lr=1e-2, weight_decay=0.0, momentum=0.95, ns_dtype=ns_dtype)
+        opt.step()
+        lr_adj = 0.2 * max(W.shape) ** 0.5 * 1e-2  # match_rms_adamw
+        updates[ns_dtype] = (W0 - W.detach()).double() / lr_adj
+        assert torch.optim._muon._zeropower_via_newtonschulz is before
+    # the first Nesterov step orthogonalises grad.lerp(buf, 0.95) with buf = 0.05 grad: 0.0975 grad (scale-free)
+    ref = newton_schulz64(grad)
+    err32 = (updates['float32'] - ref).abs().max().item()
+    err16 = (updates['bfloat16'] - ref).abs().max().item()
+    assert err32 < 1e-4 < err16, (err32, err16)
+    with pytest.raises(ValueError, match="unknown ns_dtype 'float16'"):
+        MuonAdamW(tiny_gpt(), ns_dtype='float16')
 
 
 def test_config_globals_reach_the_baselines():
