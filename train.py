@@ -66,6 +66,8 @@ grad_clip = 1.0  # clip gradients at this norm, 0.0 disables
 # Kronecker-factored optimizers (ignored by adamw)
 damping = 1e-3  # λ of the damped inverse
 damping_mode = 'absolute'  # 'absolute' or 'relative' (λ times the layer's mean eigenvalue of A⊗G)
+damping_schedule = 'constant'  # 'constant' or 'lm' (Levenberg–Marquardt: λ adapted to the reduction ratio)
+damping_update_freq = 5  # 'lm': iterations between λ updates (T1 of Martens & Grosse, 2015)
 momentum = 0.9  # heavy-ball momentum of the preconditioned update
 factor_decay = 0.95  # EMA of the factors: F ← decay·F + (1 − decay)·F_new
 factor_update_freq = 10  # iterations between factor updates (hooks are off on the others)
@@ -371,6 +373,9 @@ while True:
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
+    if getattr(optimizer, 'lm_pending', False):  # damping_schedule='lm': the step's reduction ratio adapts λ
+        optimizer.adapt_damping(raw_model, [get_batch('train', 0, iter_num, ddp_rank * gradient_accumulation_steps + m)
+                                            for m in range(gradient_accumulation_steps)])
     optimizer.zero_grad(set_to_none=True)
     t2 = clock()
     phase_s['fwd_bwd'] += t1 - t0

@@ -44,7 +44,8 @@ class FixedFisher(KroneckerOptimizer):
     factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3 (None: off),
     fisher='empirical' | 'sampled', exclude='', max_factor_dim=8192, grafting='none' | 'adam', beta1=0.9,
     beta2=0.95, eps=1e-8 (AdamW part and grafting), adamw_lr_scale=1.0, eigen_refresh='eigh' | 'qr',
-    eigh_dtype='float32' | 'float64' (the dtype eigh runs in; float64 models always use float64).
+    eigh_dtype='float32' | 'float64' (the dtype eigh runs in; float64 models always use float64),
+    damping_schedule='constant' | 'lm' (Levenberg-Marquardt, see KroneckerOptimizer), damping_update_freq=5.
 
     Caveats:
     - A and G are singular whenever a layer sees fewer tokens than its width; lambda alone then bounds the step
@@ -56,7 +57,8 @@ class FixedFisher(KroneckerOptimizer):
     def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
                  factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
                  exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, eigen_refresh='eigh', eigh_dtype='float32'):
+                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5,
+                 eigen_refresh='eigh', eigh_dtype='float32'):
         if eigen_refresh not in ('eigh', 'qr'):
             raise ValueError(f"unknown eigen_refresh {eigen_refresh!r}; known: eigh, qr")
         if eigh_dtype not in ('float32', 'float64'):
@@ -66,7 +68,8 @@ class FixedFisher(KroneckerOptimizer):
                          damping_mode=damping_mode, factor_decay=factor_decay, factor_update_freq=factor_update_freq,
                          inv_update_freq=inv_update_freq, kl_clip=kl_clip, fisher=fisher, exclude=exclude,
                          max_factor_dim=max_factor_dim, grafting=grafting, beta1=beta1, beta2=beta2, eps=eps,
-                         adamw_lr_scale=adamw_lr_scale)
+                         adamw_lr_scale=adamw_lr_scale,
+                         damping_schedule=damping_schedule, damping_update_freq=damping_update_freq)
 
     def update_decomposition(self, st):
         for f in 'AG':

@@ -140,7 +140,8 @@ class IEF(LogitsMixin, KroneckerOptimizer):
     def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
                  factor_decay=0.95, factor_update_freq=1, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
                  exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, samples='sequences', logits_module=''):
+                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5,
+                 samples='sequences', logits_module=''):
         if fisher != 'empirical':
             raise ValueError(f"iEF is built on the training labels' per-sample gradients: fisher must be 'empirical', "
                              f"got {fisher!r}")
@@ -153,7 +154,8 @@ class IEF(LogitsMixin, KroneckerOptimizer):
                          damping_mode=damping_mode, factor_decay=factor_decay, factor_update_freq=1,
                          inv_update_freq=inv_update_freq, kl_clip=kl_clip, fisher=fisher, exclude=exclude,
                          max_factor_dim=max_factor_dim, grafting=grafting, beta1=beta1, beta2=beta2, eps=eps,
-                         adamw_lr_scale=adamw_lr_scale)
+                         adamw_lr_scale=adamw_lr_scale,
+                         damping_schedule=damping_schedule, damping_update_freq=damping_update_freq)
         keep_rows(self)
         self.hook_logits(model, logits_module)
 
@@ -217,12 +219,14 @@ class IEKFAC(LogitsMixin, KFAC):
     def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
                  factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
                  exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, logits_module=''):
+                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5,
+                 logits_module=''):
         super().__init__(model, lr=lr, weight_decay=weight_decay, momentum=momentum, damping=damping,
                          damping_mode=damping_mode, factor_decay=factor_decay, factor_update_freq=factor_update_freq,
                          inv_update_freq=inv_update_freq, kl_clip=kl_clip, fisher=fisher, exclude=exclude,
                          max_factor_dim=max_factor_dim, grafting=grafting, beta1=beta1, beta2=beta2, eps=eps,
-                         adamw_lr_scale=adamw_lr_scale)
+                         adamw_lr_scale=adamw_lr_scale,
+                         damping_schedule=damping_schedule, damping_update_freq=damping_update_freq)
         keep_rows(self)  # the capture's hooks first, the logits' after: take() reads both
         self.hook_logits(model, logits_module)
         self.capture.reduce = partial(iekfac_factors, logits=self.logits)

@@ -26,7 +26,8 @@ class KFAC(KroneckerOptimizer):
     sqrt(lambda) tr A/dim A and sqrt(lambda) tr G/dim G), factor_decay=0.95, factor_update_freq=10,
     inv_update_freq=100, kl_clip=1e-3 (None: off), fisher='empirical' | 'sampled', exclude='',
     max_factor_dim=8192, grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8 (AdamW part and grafting),
-    adamw_lr_scale=1.0.
+    adamw_lr_scale=1.0,
+    damping_schedule='constant' | 'lm' (Levenberg-Marquardt, see KroneckerOptimizer), damping_update_freq=5.
 
     Caveats:
     - pi is 1 where a factor's trace is 0 (a layer that has seen no signal yet).

@@ -88,7 +88,8 @@ class KPSVD(FixedFisher):
     def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
                  factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
                  exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, eigen_refresh='eigh', eigh_dtype='float32', power_tol=1e-4, power_iters=100):
+                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5,
+                 eigen_refresh='eigh', eigh_dtype='float32', power_tol=1e-4, power_iters=100):
         if not (power_tol > 0 and isinstance(power_iters, int) and power_iters >= 1):
             raise ValueError(f"need power_tol > 0 and an int power_iters >= 1, got {power_tol!r}, {power_iters!r}")
         self.power_tol, self.power_iters = power_tol, power_iters
@@ -96,7 +97,9 @@ class KPSVD(FixedFisher):
                          damping_mode=damping_mode, factor_decay=factor_decay, factor_update_freq=factor_update_freq,
                          inv_update_freq=inv_update_freq, kl_clip=kl_clip, fisher=fisher, exclude=exclude,
                          max_factor_dim=max_factor_dim, grafting=grafting, beta1=beta1, beta2=beta2, eps=eps,
-                         adamw_lr_scale=adamw_lr_scale, eigen_refresh=eigen_refresh, eigh_dtype=eigh_dtype)
+                         adamw_lr_scale=adamw_lr_scale,
+                         damping_schedule=damping_schedule, damping_update_freq=damping_update_freq,
+                         eigen_refresh=eigen_refresh, eigh_dtype=eigh_dtype)
         keep_rows(self, self.reduce)
 
     @property

@@ -21,6 +21,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from optim.adamw import adamw_param_groups
 from optim.distributed import MODES, Ranks, average_factors, world
@@ -210,7 +212,18 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         fisher='empirical' (training labels, free) | 'sampled' (labels drawn from the model's softmax on
         factor-update steps: one extra backward, the true Fisher), exclude='' (comma-separated module names),
         max_factor_dim=8192 (wider layers go to AdamW), grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8,
-        adamw_lr_scale=1.0.
+        adamw_lr_scale=1.0, damping_schedule='constant' | 'lm', damping_update_freq=5 (T1).
+
+    damping_schedule='lm' adapts lambda by the Levenberg-Marquardt rule of Martens & Grosse (2015, section 6.5): every
+    T1 steps, after step(), call adapt_damping(model, batches) with the step's (X, Y) micro-batches. With delta the
+    step's change of all the weights, on those batches (eval mode: no dropout),
+        rho = (h(theta + delta) - h(theta)) / (M(delta) - M(0)),
+        M(delta) - M(0) = grad h^T delta + 1/2 delta^T F delta + 1/2 sum_layers lambda_layer |delta_layer|^2
+    h the mean cross-entropy, F its exact Fisher (= the Gauss-Newton matrix for softmax cross-entropy, from a
+    forward-mode Jacobian-vector product), lambda_layer each preconditioned layer's damping in use (weight decay is
+    decoupled, not part of h: no eta term). Then lambda <- omega lambda if rho > 3/4, lambda / omega if rho < 1/4,
+    omega = (19/20)^T1, kept in [1e-10, 1e10]; a rho that is not finite or a predicted change >= 0 leaves lambda.
+    KFAC's inverses see a new lambda at their next refresh, Fixed Fisher's eigenbasis solve at the next step.
 
     Call optimizer.backward(scaled_loss, logits, loss_scale) in place of scaled_loss.backward(), scaled_loss being
     loss_scale * loss (GradScaler's scale / gradient accumulation steps): G needs the loss scale, and the sampled
@@ -237,12 +250,13 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
                  factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
                  exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0):
+                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5):
         if not (isinstance(damping, (int, float)) and damping > 0 and math.isfinite(damping)):
             raise ValueError(f"damping must be a finite number > 0, got {damping!r}")
         for arg, value, known in [('fisher', fisher, ('empirical', 'sampled')),
                                   ('damping_mode', damping_mode, ('absolute', 'relative')),
-                                  ('grafting', grafting, ('none', 'adam'))]:
+                                  ('grafting', grafting, ('none', 'adam')),
+                                  ('damping_schedule', damping_schedule, ('constant', 'lm'))]:
             if value not in known:
                 raise ValueError(f"unknown {arg} {value!r}; known: {', '.join(known)}")
         if kl_clip is not None and not kl_clip > 0:
@@ -252,13 +266,15 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         for arg, value in [('factor_update_freq', factor_update_freq), ('inv_update_freq', inv_update_freq),
-                           ('max_factor_dim', max_factor_dim)]:
+                           ('max_factor_dim', max_factor_dim), ('damping_update_freq', damping_update_freq)]:
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
         self.damping, self.damping_mode, self.factor_decay = float(damping), damping_mode, factor_decay
         self.factor_update_freq, self.inv_update_freq = factor_update_freq, inv_update_freq
         self.kl_clip, self.fisher, self.grafting, self.eps = kl_clip, fisher, grafting, eps
         self.betas = (beta1, beta2)
+        self.damping_schedule, self.damping_update_freq = damping_schedule, damping_update_freq
+        self.lm_ratio, self._lm_before = float('nan'), None  # the last reduction ratio; the weights before the step
 
         model = unwrap(model)
         self.modules_, others = split_layers(model, exclude, max_factor_dim)
@@ -444,6 +460,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             self._skip(new)
             self._arm()
             return loss
+        if self.damping_schedule == 'lm' and self.steps % self.damping_update_freq == 0:  # theta, for adapt_damping
+            self._lm_before = [p.detach().clone() for g in self.param_groups for p in g['params']]
 
         layers = [(g, self.layer_state[g['name']]) for g in self.param_groups if g['kind'] == 'kronecker']
         for group, st in layers:
@@ -517,6 +535,64 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         self._arm()
         return loss
 
+    @property
+    def lm_pending(self):
+        """True after a step() that adapt_damping() should follow (damping_schedule='lm', every T1 steps)."""
+        return self._lm_before is not None
+
+    @torch.no_grad()
+    def adapt_damping(self, model, batches):
+        """The Levenberg-Marquardt update of lambda (class docstring) from the reduction ratio of the last step on
+        batches, a list of (X, Y) with model(X, Y) -> (logits, mean loss); a no-op unless lm_pending. Under DDP every
+        rank passes its own micro-batches: the four sums are averaged over ranks. Returns rho."""
+        if self._lm_before is None:
+            return None
+        params = [p for g in self.param_groups for p in g['params']]
+        before, self._lm_before = self._lm_before, None
+        model = unwrap(model)
+        names = {p: n for n, p in model.named_parameters()}
+        theta0 = {names[p]: p0 for p, p0 in zip(params, before)}
+        delta = {names[p]: (p.detach() - p0).to(p0.dtype) for p, p0 in zip(params, before)}
+        was_training = model.training
+        model.eval()  # no dropout, and the factor hooks record nothing
+        sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)  # h(theta), grad h.delta, dFd, h(theta+d)
+        try:
+            for X, Y in batches:
+                def loss_and_logits(weights):
+                    logits, loss = functional_call(model, weights, (X, Y))
+                    return loss, logits
+                with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # fused attention has no forward-mode AD
+                    (h0, logits), (dh, dlogits) = jvp(loss_and_logits, (theta0,), (delta,))
+                p = logits.float().softmax(-1)
+                Jd = dlogits.float()  # J delta, per token (B, T, vocab); F = J^T (diag(p) - p p^T) J / tokens
+                dFd = ((p * Jd * Jd).sum(-1) - (p * Jd).sum(-1).square()).mean()
+                h1 = model(X, Y)[1]
+                sums += torch.stack([h0.detach(), dh.detach(), dFd, h1.detach()]).double()
+        finally:
+            model.train(was_training)
+        sums /= len(batches)
+        if world()[1] > 1:
+            torch.distributed.all_reduce(sums)
+            sums /= world()[1]
+        h0, dh, dFd, h1 = sums.tolist()
+        lam_term = 0.0
+        for group in self.param_groups:
+            if group['kind'] == 'kronecker':
+                st, d = self.layer_state[group['name']], [delta[names[p]] for p in group['params']]
+                lam = float(st['damping_eff'].mean()) if torch.is_tensor(st.get('damping_eff')) else \
+                    float(st.get('damping_eff', self.damping))
+                lam_term += lam * sum(float(x.double().square().sum()) for x in d)
+        predicted = dh + 0.5 * (dFd + lam_term)
+        rho = (h1 - h0) / predicted if predicted != 0 else float('nan')
+        self.lm_ratio = rho
+        if math.isfinite(rho) and predicted < 0:
+            omega = (19 / 20) ** self.damping_update_freq
+            if rho > 0.75:
+                self.damping = max(self.damping * omega, 1e-10)
+            elif rho < 0.25:
+                self.damping = min(self.damping / omega, 1e10)
+        return rho
+
     def _graft(self, st, U, V):
         """U rescaled to the norm of Adam's update for this layer (its own Adam moments of V)."""
         (b1, b2), t = self.betas, self.steps + 1
@@ -526,7 +602,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         return U * (adam.norm() / U.norm().clamp_min(1e-30))
 
     def diagnostics(self):
-        """Flat floats for the train log. damping: the configured lambda; damping_eff: the mean over layers of the
+        """Flat floats for the train log. damping: lambda (the configured one, or the adapted one with
+        damping_schedule='lm', then also lm_ratio: the last reduction ratio); damping_eff: the mean over layers of the
         lambda in use (differs in 'relative' mode); kl_nu: the last step's KL-clip factor (1: no clipping);
         update_grad_ratio: ||U|| / ||V|| over all preconditioned layers after grafting and clipping, before
         momentum; skipped_steps, decomp_retries: counts since the start; ms_factors (hooks, sampled backward, running
@@ -538,6 +615,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         out = dict(damping=self.damping, damping_eff=float(sum(float(x) for x in lams) / len(lams)) if lams else
                    self.damping, kl_nu=float(self._nu), update_grad_ratio=float(self._ratio),
                    skipped_steps=float(self.skipped_steps), decomp_retries=float(self.decomp_retries))
+        if self.damping_schedule == 'lm':  # the last reduction ratio (NaN before the first)
+            out['lm_ratio'] = float(self.lm_ratio)
         out.update({f'ms_{k}': ms.get(k, 0.0) / n for k in ('factors', 'decomp', 'precond')})
         if self.ranks is not None:  # under DDP: comm_mb, this rank's MB all-reduced or broadcast per step (payload;
             # DDP's gradient all-reduce is not counted), ms_comm its time (within ms_factors/decomp/precond), and
@@ -572,7 +651,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
                 print(f"{type(self).__name__}: state_dict() without consolidate_state_dict() on every rank first: the "
                       "layers of other ranks are saved without their decompositions (a resume recomputes them)")
         sd['kronecker'] = dict(steps=self.steps, skipped_steps=self.skipped_steps, decomp_retries=self.decomp_retries,
-                               layers=layers)
+                               layers=layers, damping=self.damping, lm_ratio=self.lm_ratio)
         return sd
 
     def load_state_dict(self, state_dict):
@@ -587,6 +666,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         self._link_adamw()
         self.steps, self.skipped_steps = kron['steps'], kron['skipped_steps']
         self.decomp_retries = kron['decomp_retries']
+        if self.damping_schedule == 'lm':  # the adapted lambda goes on; with 'constant' the configured one holds
+            self.damping, self.lm_ratio = kron.get('damping', self.damping), kron.get('lm_ratio', float('nan'))
         for name, st in kron['layers'].items():  # keep the saved dtypes (factors may be wider than the weights)
             device = self.modules_[name].weight.device
             if self.ranks is not None and self.ranks.mode == 'gradient' and not self.ranks.owns(name):

@@ -34,6 +34,7 @@ RUNS = {  # id: (optimizer, kwargs, distribute)
     'kfac-gradient': ('kfac', KRON, 'gradient'),
     'fixed_fisher-gradient': ('fixed_fisher', KRON, 'gradient'),
     'fixed_fisher-none': ('fixed_fisher', KRON, 'none'),
+    'fixed_fisher-lm': ('fixed_fisher', dict(KRON, damping_schedule='lm', damping_update_freq=2), 'decomposition'),
 }
 SAMPLED = ('fixed_fisher', dict(KRON, fisher='sampled'), 'decomposition')  # labels drawn per rank: no reference
 EVERY = {name: (name, optimizer_kwargs(name, KRON), 'decomposition' if hasattr(cls, 'update_decomposition') else None)
@@ -67,6 +68,8 @@ def train_step(net, opt, step, rank=0, world=1):
                 (loss / MICRO).backward()
         loss_sum += loss.item() / MICRO
     opt.step()
+    if getattr(opt, 'lm_pending', False):  # damping_schedule='lm': each rank's ratio terms, averaged over ranks
+        opt.adapt_damping(net, [batches(step, micro, [rank] if world > 1 else range(WORLD)) for micro in range(MICRO)])
     opt.zero_grad(set_to_none=True)
     return loss_sum
 
@@ -128,6 +131,16 @@ def test_two_ranks_match_one_process_with_twice_the_batch(run_id, ranks, one):
         for n, (A, G) in ref.get('factors', {}).items():
             torch.testing.assert_close(r[run_id]['factors'][n][0], A, rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(r[run_id]['factors'][n][1], G, rtol=1e-10, atol=1e-12)
+
+
+def test_levenberg_marquardt_lambda_of_two_ranks_is_one_processes(ranks, one):
+    """The reduction ratio's terms are averaged over ranks: lambda moves on both ranks as in one process."""
+    ref = one['fixed_fisher-lm']['diagnostics']
+    assert ref['damping'] != KRON['damping']  # it moved
+    for r in ranks:
+        mine = r['fixed_fisher-lm']['diagnostics']
+        assert mine['damping'] == pytest.approx(ref['damping'], rel=1e-12)
+        assert mine['lm_ratio'] == pytest.approx(ref['lm_ratio'], rel=1e-6)  # h(theta+d) - h(theta): cancellation
 
 
 @pytest.mark.parametrize('run_id', ['kfac', 'fixed_fisher', 'fixed_fisher-qr', 'kfac-gradient',
