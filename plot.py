@@ -5,7 +5,8 @@ time (one line per run), and each run's median ms/iter beside its parts (bars).
 $ python plot.py out-bench/*/ --out=out-plots
 $ python plot.py out-adamw-small out-fixed-fisher-small --labels=adamw,fixed_fisher --target_loss=1.9
 
-writes val_loss_vs_steps.png, val_loss_vs_seconds.png and ms_per_iter_breakdown.png into --out.
+writes val_loss_vs_steps.png, val_loss_vs_seconds.png and ms_per_iter_breakdown.png into --out, and
+damping_vs_steps.png (lambda and the reduction ratio) when a run adapts its damping (damping_schedule='lm').
 """
 
 import argparse
@@ -65,7 +66,7 @@ def median_ms(train):
 
 
 def plot_runs(run_dirs, out, labels=None, target_loss=None):
-    """Writes the three PNGs for run_dirs into folder out and returns their paths."""
+    """Writes the PNGs for run_dirs into folder out and returns their paths."""
     import matplotlib
     matplotlib.use('Agg')  # files only, no display
     import matplotlib.pyplot as plt
@@ -117,6 +118,29 @@ def plot_runs(run_dirs, out, labels=None, target_loss=None):
     paths.append(os.path.join(out, 'ms_per_iter_breakdown.png'))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+
+    # damping_schedule='lm': lambda (log scale) and the reduction ratio rho, with the rule's band 1/4 < rho < 3/4
+    adaptive = [(label, [r for r in train if 'lm_ratio' in r]) for label, train, _ in runs]
+    adaptive = [(label, train) for label, train in adaptive if train]
+    if adaptive:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        for label, train in adaptive:
+            top.plot([r['iter'] for r in train], [r['damping'] for r in train], label=label)
+            ratios = [(r['iter'], r['lm_ratio']) for r in train if finite(r['lm_ratio'])]
+            bottom.plot([i for i, _ in ratios], [x for _, x in ratios], marker='.', linewidth=0.5, label=label)
+        top.set_yscale('log')
+        top.set_ylabel('damping λ')
+        bottom.axhspan(0.25, 0.75, color='gray', alpha=0.15, label='λ kept')
+        bottom.set_ylim(-1, 2)
+        bottom.set_ylabel('reduction ratio ρ')
+        bottom.set_xlabel('iteration')
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(os.path.join(out, 'damping_vs_steps.png'))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths
 
 

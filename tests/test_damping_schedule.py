@@ -2,16 +2,20 @@
 damping_schedule='lm' (optim/kronecker.py, adapt_damping): the Levenberg-Marquardt rule of Martens & Grosse (2015).
 The reduction ratio against one built from a dense exact Fisher (reverse-mode Jacobian, torch.func.jacrev, and the
 softmax Hessian per token) and autograd's gradient; lambda moves by (19/20)^T1 the way the ratio says; it is saved
-and resumed; train.py adapts and logs it end to end.
+and resumed; train.py adapts and logs it end to end, and plot.py draws it.
 """
 
 import math
+import os
 
 import pytest
 import torch
 from torch.func import functional_call, jacrev
 
+from PIL import Image
+
 from optim import build_optimizer
+from plot import plot_runs
 from test_optim_kronecker import batch, tiny_gpt
 from test_train import records, train, tiny_data  # noqa: F401 (tiny_data is a fixture)
 
@@ -120,3 +124,8 @@ def test_train_adapts_and_logs_lambda(tiny_data, tmp_path):
     assert all(b / a == pytest.approx(omega) or b / a == pytest.approx(1 / omega) or b == a
                for a, b in zip([1e-2] + lams, lams))
     assert len(set(lams)) > 1
+    paths = plot_runs([tmp_path], tmp_path / 'plots')
+    assert os.path.basename(paths[-1]) == 'damping_vs_steps.png'
+    with Image.open(paths[-1]) as image:
+        assert image.format == 'PNG' and image.size[0] > 100
+        image.verify()
