@@ -23,6 +23,8 @@ bench.py's own arguments; everything else (config files, --key=value) goes to ev
   --out_dir=out-bench    the root: OUT/<run>/ (train.py's out_dir, and train.log, its output), results, plots
   --nproc=1              ranks per run: above 1, each run goes under torchrun --standalone --nproc_per_node=N
   --jobs=1               runs at a time (each its own process: with OMP_NUM_THREADS=1, one per core)
+  --rerun=False          a run that already ran to its end in OUT with the same arguments (OUT/<run>/bench.json)
+                         is read, not run again: extend a grid or add runs and only they run; True reruns all
 
 A study file (config/compare_small.py, config/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
@@ -40,7 +42,7 @@ same time (--jobs above 1) share the machine: compare their times only with each
 results.json: {"rows": the table's runs (each spec's best trial), "trials": every run, "train_args",
 "target_loss"}; a run has name, trial, optimizer, overrides, tuned, status, error, final_val_loss, best_val_loss,
 final_train_loss, steps_to_target, seconds_to_target, iters, tokens, time_s, the ms keys, peak_mem_mb, out_dir,
-returncode and wall_s (null where unknown).
+returncode, wall_s (null where unknown or reused) and reused.
 """
 
 import inspect
@@ -180,6 +182,19 @@ def run_one(args, run_dir, nproc):
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
+def finished(run_dir, args, nproc):
+    """The exit code of an earlier run in run_dir with the same train.py arguments that ran to its end (exit code 0,
+    or a divergence), from the bench.json bench writes after each run; else None (run it)."""
+    try:
+        with open(os.path.join(run_dir, 'bench.json')) as f:
+            done = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    same = done.get('args') == args and done.get('nproc') == nproc
+    ended = done.get('returncode') == 0 or done.get('status') == 'diverged'
+    return done['returncode'] if same and ended else None
+
+
 def markdown(rows, target_loss, trials):
     target = f'{target_loss:g}' if target_loss is not None else 'target'
     headers = [h.format(target=target) for h, _, _ in COLUMNS]
@@ -224,8 +239,9 @@ def run_target(rows, trials, name):
     return target
 
 
-def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1):
-    """Runs every spec at every grid point, `jobs` at a time; returns (rows: the best trial per spec, trials: all of
+def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False):
+    """Runs every spec at every grid point, `jobs` at a time (a trial that already ran to its end in its folder with
+    the same arguments is read, not rerun, unless rerun); returns (rows: the best trial per spec, trials: all of
     them, the markdown table). out_dir/results.md and results.json are rewritten after each run (an interrupted
     bench keeps what it has), the plots of the rows' runs are drawn at the end."""
     todo = []  # (name, trial, optimizer, config file or None, overrides, grid point)
@@ -244,10 +260,17 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
         args = [config, *train_args] if config else [*train_args, f'--optimizer={optimizer}']
         args += [*[f'--{k}={v}' for k, v in overrides + point], f'--wandb_run_name={trial}']
         t0 = time.time()
-        returncode = run_one(args, run_dir, nproc)
-        return dict(name=name, trial=trial, optimizer=optimizer, overrides=dict(overrides), tuned=dict(point),
-                    out_dir=run_dir, returncode=returncode, wall_s=time.time() - t0,
-                    **summarize(run_dir, returncode, None if isinstance(target_loss, str) else target_loss))
+        returncode = None if rerun else finished(run_dir, args, nproc)
+        reused = returncode is not None
+        if not reused:
+            returncode = run_one(args, run_dir, nproc)
+        row = dict(name=name, trial=trial, optimizer=optimizer, overrides=dict(overrides), tuned=dict(point),
+                   out_dir=run_dir, returncode=returncode, wall_s=None if reused else time.time() - t0,
+                   reused=reused, **summarize(run_dir, returncode, None if isinstance(target_loss, str) else target_loss))
+        if not reused:
+            with open(os.path.join(run_dir, 'bench.json'), 'w') as f:
+                json.dump(dict(args=args, nproc=nproc, returncode=returncode, status=row['status']), f)
+        return row
 
     rows, table = [], ''
     bar = tqdm(total=len(todo), desc='bench', unit='run')
@@ -281,7 +304,7 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
 
 
 def main(argv):
-    opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-bench', nproc=1, jobs=1)
+    opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-bench', nproc=1, jobs=1, rerun='False')
     tunes, train_args = [], []
     argv = list(argv)
     study = [a for a in argv if a.endswith('.py') and os.path.isfile(a) and 'runs' in read_py(a)]
@@ -322,7 +345,7 @@ def main(argv):
         pass  # a run's name: its final val loss, known at the end
     os.makedirs(opts['out_dir'], exist_ok=True)
     _, _, table = bench(train_args, specs, parse_tune(tunes), opts['out_dir'], target_loss, int(opts['nproc']),
-                        jobs=int(opts['jobs']))
+                        jobs=int(opts['jobs']), rerun=str(opts['rerun']) == 'True')
     print(table)
     print(f"wrote {os.path.join(opts['out_dir'], 'results.md')}, results.json and the plots")
 

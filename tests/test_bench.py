@@ -154,6 +154,14 @@ def test_study_file_with_config_runs_and_parallel_jobs(tmp_path, monkeypatch):
     kfac = next(a for a in calls if '--optimizer=kfac' in a)
     assert kfac.index('--damping=1e-2') < kfac.index('--learning_rate=1e-3')  # overrides, then the grid point
     assert len(calls) == 10
+    # the same study with one run more: only its two trials run, the others are read from their folders
+    bench.main(['study.py', '--runs=eva', '--eval_interval=4', '--tune=damping=1e-1,1', '--runs=soap'])
+    assert len(calls) == 12 and all('--optimizer=soap' in a for a in calls[10:])
+    with open(tmp_path / 'out-study' / 'results.json') as f:
+        again = json.load(f)
+    assert [r['name'] for r in again['rows']] == ['my_adamw', 'kfac damping=1e-2', 'eva', 'soap']
+    assert [t['reused'] for t in again['trials']] == [True] * 10 + [False] * 2
+    assert [t['final_val_loss'] for t in again['trials'][:10]] == [t['final_val_loss'] for t in results['trials']]
 
 
 def test_parse_runs_and_tune_grid():

@@ -11,7 +11,7 @@ runs = [
     'config/soap_small.py',
 ]
 train_args = ['--min_lr=0.0', '--eval_interval=100', '--log_interval=10']
-tune = ['lr=1e-3,3e-3,1e-2']  # each config's learning_rate is replaced by the grid's
+tune = ['lr=1e-3,3e-3,6e-3,1e-2']  # each config's learning_rate is replaced by the grid's
 target_loss = 'adamw_small'
 out_dir = 'out-compare-small'
 jobs = 2  # two runs at a time (train.py on one thread each: OMP_NUM_THREADS=1 for steady timings)
