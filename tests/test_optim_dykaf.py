@@ -10,27 +10,9 @@ import io
 import pytest
 import torch
 
-from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.dykaf import ksl_step
-
-
-def tiny_gpt(seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=1, n_head=2, n_embd=8)).double()
-
-
-def batch(seed, B=3, T=6):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 13, (B, T), generator=g), torch.randint(0, 13, (B, T), generator=g)
-
-
-def train_step(opt, model, X, Y):
-    logits, loss = model(X, Y)
-    opt.backward(loss, logits)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss.item()
+from test_optim_kronecker import batch, tiny_gpt, train_step  # the tiny GPT and helpers the optimizer tests share
 
 
 def rearranged(F, d_in, d_out):

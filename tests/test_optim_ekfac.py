@@ -8,35 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig
 from optim import build_optimizer
-
-CONTRACT = dict(momentum=0.0, weight_decay=0.0, kl_clip=None, factor_decay=0.0, factor_update_freq=1,
-                inv_update_freq=1)
-
-
-def tiny_gpt(seed=0, n_layer=1):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=n_layer, n_head=2, n_embd=8)).double()
-
-
-def batch(seed, B=3, T=6):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 13, (B, T), generator=g), torch.randint(0, 13, (B, T), generator=g)
-
-
-def train_step(opt, model, X, Y):
-    logits, loss = model(X, Y)
-    opt.backward(loss, logits)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss.item()
-
-
-def augmented(module, use_grad=False):
-    W, b = (module.weight.grad, module.bias.grad) if use_grad else (module.weight, module.bias)
-    return torch.cat([W, b[:, None]], 1).detach().clone()
-
+from test_optim_kronecker import CONTRACT, augmented, batch, tiny_gpt, train_step  # the tiny GPT and helpers the optimizer tests share
 
 def per_token_gradients(layer, X, Y):
     """(M, d_out, d_in + 1): each token's gradient [dl_m/dW | dl_m/db] of a one-layer model, by torch.func."""

@@ -9,27 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.kpsvd import nearest_kronecker
+from test_optim_kronecker import augmented, batch, tiny_gpt  # the tiny GPT and helpers the optimizer tests share
 
 CONTRACT = dict(momentum=0.0, weight_decay=0.0, kl_clip=None, factor_decay=0.0, factor_update_freq=1,
                 inv_update_freq=1, power_tol=1e-10, power_iters=500)
-
-
-def tiny_gpt(seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=1, n_head=2, n_embd=8)).double()
-
-
-def batch(seed, B=3, T=6):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 13, (B, T), generator=g), torch.randint(0, 13, (B, T), generator=g)
-
-
-def augmented(module, use_grad=False):
-    W, b = (module.weight.grad, module.bias.grad) if use_grad else (module.weight, module.bias)
-    return torch.cat([W, b[:, None]], 1).detach().clone()
 
 
 def rearranged(F, da, dg):
