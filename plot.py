@@ -78,8 +78,9 @@ def plot_runs(run_dirs, out, labels=None, target_loss=None):
     os.makedirs(out, exist_ok=True)
     paths = []
 
-    # the first evaluation (iteration 0) bounds the y axis, so that a run blowing up does not flatten the others
-    starts = [e[0]['val_loss'] for _, _, e in runs if e and finite(e[0]['val_loss'])]
+    # the y axis starts at the highest second evaluation (the first after iteration 0), so that neither the first
+    # drop from ~ln(vocab) nor a run blowing up flattens the curves that matter
+    starts = [e[min(1, len(e) - 1)]['val_loss'] for _, _, e in runs if e and finite(e[min(1, len(e) - 1)]['val_loss'])]
     for x_key, x_label, name in [('iter', 'iteration', 'val_loss_vs_steps.png'),
                                  ('time_s', 'training time (s)', 'val_loss_vs_seconds.png')]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
