@@ -223,7 +223,9 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     forward-mode Jacobian-vector product), lambda_layer each preconditioned layer's damping in use (weight decay is
     decoupled, not part of h: no eta term). Then lambda <- omega lambda if rho > 3/4, lambda / omega if rho < 1/4,
     omega = (19/20)^T1, kept in [1e-10, 1e10]; a rho that is not finite or a predicted change >= 0 leaves lambda.
-    KFAC's inverses see a new lambda at their next refresh, Fixed Fisher's eigenbasis solve at the next step.
+    KFAC's inverses see a new lambda at their next refresh, Fixed Fisher's eigenbasis solve at the next step. The
+    rule assumes the step's length comes from the same quadratic model (Martens & Grosse's alpha, mu); with
+    grafting or a small lr the step is short, rho stays near 1 and lambda falls to its floor (README, Results).
 
     Call optimizer.backward(scaled_loss, logits, loss_scale) in place of scaled_loss.backward(), scaled_loss being
     loss_scale * loss (GradScaler's scale / gradient accumulation steps): G needs the loss scale, and the sampled
