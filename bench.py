@@ -226,6 +226,16 @@ def best_of_each(trials):
     return rows
 
 
+def write_results(out_dir, train_args, target_loss, rows, trials):
+    """out_dir/results.md and results.json; returns the markdown table (a run's name as target: no column yet)."""
+    table = markdown(rows, None if isinstance(target_loss, str) else target_loss, trials)
+    with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+        f.write(table)
+    with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+        json.dump(dict(train_args=train_args, target_loss=target_loss, rows=rows, trials=trials), f, indent=1)
+    return table
+
+
 def run_target(rows, trials, name):
     """The final val loss of the row called name; every trial's steps and seconds to it filled in."""
     row = next((r for r in rows if r['name'] == name), None)
@@ -284,19 +294,11 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
             bar.update()
             done = [t for t in trials if 'status' in t]
             rows = best_of_each(done)
-            table = markdown(rows, None if isinstance(target_loss, str) else target_loss, done)
-            with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-                f.write(table)
-            with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-                json.dump(dict(train_args=train_args, target_loss=target_loss, rows=rows, trials=done), f, indent=1)
+            table = write_results(out_dir, train_args, target_loss, rows, done)
     bar.close()
     if isinstance(target_loss, str):  # a run's name: its final val loss is the target of every run
         target_loss = run_target(rows, trials, target_loss)
-        table = markdown(rows, target_loss, trials)
-        with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-            f.write(table)
-        with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-            json.dump(dict(train_args=train_args, target_loss=target_loss, rows=rows, trials=trials), f, indent=1)
+        table = write_results(out_dir, train_args, target_loss, rows, trials)
     plotted = [r for r in rows if os.path.exists(os.path.join(r['out_dir'], 'metrics.jsonl'))]
     if plot and plotted:
         plot_runs([r['out_dir'] for r in plotted], out_dir, [r['name'] for r in plotted], target_loss)

@@ -581,8 +581,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             if group['kind'] == 'kronecker':
                 st, d = self.layer_state[group['name']], [delta[names[p]] for p in group['params']]
-                lam = float(st['damping_eff'].mean()) if torch.is_tensor(st.get('damping_eff')) else \
-                    float(st.get('damping_eff', self.damping))
+                lam = float(torch.as_tensor(st.get('damping_eff', self.damping)).mean())
                 lam_term += lam * sum(float(x.double().square().sum()) for x in d)
         predicted = dh + 0.5 * (dFd + lam_term)
         rho = (h1 - h0) / predicted if predicted != 0 else float('nan')
