@@ -86,7 +86,8 @@ class FactorCapture:
     Loss scaling: the gradient that reaches the output is loss_scale * dL/dy, so g_hat = (M / loss_scale) * grad,
     M the rows of that output. Only modules in training mode with grad enabled record (eval passes do not), and
     arm()/disarm() add and remove the hooks, so steps that update no factor pay nothing. record_grads gates the
-    tensor hooks (the sampled Fisher records G in its own backward, not in the training-label one). Under
+    tensor hooks (the sampled Fisher records G in its own backward, not in the training-label one). passes counts
+    each layer's recorded forwards since the last take()/clear() (step() reads it after plain backwards). Under
     torch.compile each hook is a graph break and runs eagerly; the factors equal the eager ones.
     """
 
@@ -94,7 +95,7 @@ class FactorCapture:
         self.modules, self.statistic, self.dtypes = modules, statistic, dtypes  # name -> nn.Linear / fn / dtype
         self.loss_scale, self.record_grads = 1.0, True
         self.timer = Timer()
-        self.handles, self.sums = [], {}
+        self.handles, self.sums, self.passes = [], {}, {}
         self.comm_bytes = 0  # under DDP: bytes averaged over ranks by take()
 
     @property
@@ -113,7 +114,7 @@ class FactorCapture:
         self.clear()
 
     def clear(self):
-        self.sums = {}
+        self.sums, self.passes = {}, {}
 
     def _add(self, name, i, stat, tokens):
         s = self.sums.setdefault(name, [0, 0, 0, 0])  # sum of a-statistics, their tokens, same for g_hat
@@ -124,6 +125,7 @@ class FactorCapture:
     def _forward_hook(self, name, module, inputs, output):
         if not (module.training and torch.is_grad_enabled()):
             return
+        self.passes[name] = self.passes.get(name, 0) + 1
         with self.timer('factors', output.device), torch.no_grad(), torch.autocast(output.device.type, enabled=False):
             x = inputs[0].detach().reshape(-1, module.in_features).to(self.dtypes[name])  # (M, d_in)
             if module.bias is not None:
@@ -227,11 +229,16 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     rule assumes the step's length comes from the same quadratic model (Martens & Grosse's alpha, mu); with
     grafting or a small lr the step is short, rho stays near 1 and lambda falls to its floor (README, Results).
 
-    Call optimizer.backward(scaled_loss, logits, loss_scale) in place of scaled_loss.backward(), scaled_loss being
-    loss_scale * loss (GradScaler's scale / gradient accumulation steps): G needs the loss scale, and the sampled
-    Fisher needs the logits. A NaN/Inf in a gradient or a new factor
-    skips the step (counted, printed; factors keep their last finite values); a decomposition that fails or gives
-    non-finite values is retried in float64 with more damping (counted, printed).
+    A plain loss.backward(), then step(), as with any torch.optim optimizer, is enough for an unscaled mean loss of
+    one micro-batch per step: the hooks then read g_hat = M dL/dy. Everything else calls
+    optimizer.backward(scaled_loss, logits, loss_scale) in place of scaled_loss.backward(), scaled_loss =
+    loss_scale * loss: gradient accumulation (loss_scale = 1 / micro-steps) and fp16 (GradScaler's scale, times
+    that), since G needs the loss scale, and fisher='sampled', which needs the logits. step() raises on what it can
+    see: fisher='sampled', or a layer run in several forward passes of one step (micro-steps, or a layer applied
+    several times per forward), with plain backwards only. It cannot see a GradScaler's scale in a plain backward:
+    G would come out scale^2 too large, so under fp16 always call optimizer.backward. A NaN/Inf in a gradient or a
+    new factor skips the step (counted, printed; factors keep their last finite values); a decomposition that
+    fails or gives non-finite values is retried in float64 with more damping (counted, printed).
 
     Under DDP (torchrun; build the optimizer on the unwrapped model, after init_process_group) the factors are
     averaged over ranks on factor-update steps and each layer's decomposition runs on one rank: the attribute
@@ -387,7 +394,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         micro-batch's tokens, computed from logits. On factor-update steps with fisher='sampled', first one
         backward with labels drawn from softmax(logits), which records G and leaves .grad alone. It runs
         torch.autograd.grad onto the layers' biases (weights where there is none), not onto their outputs: an
-        in-place activation rewrites an output, and the gradient before it would not be computed."""
+        in-place activation rewrites an output, and the gradient before it would not be computed. With
+        fisher='empirical', a plain loss.backward() of one micro-batch's unscaled loss is this call, loss_scale 1."""
         self.capture.loss_scale = float(loss_scale)
         if self.capture.armed:
             self._backward_called = True
@@ -415,7 +423,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             self.capture.disarm()
         self.capture.clear()
         self.capture.record_grads = self.fisher == 'empirical'
-        self._backward_called = False
+        self.capture.loss_scale, self._backward_called = 1.0, False  # what a plain loss.backward() means
 
     def _link_adamw(self):
         if self.adamw is not None:
@@ -431,6 +439,20 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     def factors(self):
         """{module name: (A, G)} of the preconditioned layers that have factors (EVA: (a_bar, g_bar))."""
         return {name: (st['A'], st['G']) for name, st in self.layer_state.items() if 'A' in st}
+
+    def _check_plain_backward(self):
+        """A factor-update step whose backwards were all plain ones: refuse what they cannot give."""
+        passes, call = self.capture.passes, "call optimizer.backward(scaled_loss, logits, loss_scale)"
+        if passes and self.fisher == 'sampled':
+            raise RuntimeError(f"{type(self).__name__}: fisher='sampled' draws labels from the logits, which a plain "
+                               f"loss.backward() does not pass: {call} in place of scaled_loss.backward()")
+        many = {name: n for name, n in passes.items() if n > 1}
+        if many:  # n micro-steps of loss / n each: g_hat = M grad would be n times too small, G n^2 times
+            name, n = next(iter(many.items()))
+            raise RuntimeError(f"{type(self).__name__}: {name} ran {n} forward passes in this step with plain "
+                               f"backward(s) only; under gradient accumulation G needs each micro-step's loss scale "
+                               f"(and a layer applied several times per forward needs it too): {call} for each "
+                               "micro-step, loss_scale = 1 / micro-steps (times GradScaler's scale)")
 
     def _all_finite(self, new):
         tensors = [p.grad for g in self.param_groups for p in g['params'] if p.grad is not None]
@@ -454,10 +476,9 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         factor_step = self.capture.armed
+        if factor_step and not self._backward_called:
+            self._check_plain_backward()
         new = self.capture.take() if factor_step else {}
-        if new and not self._backward_called:
-            raise RuntimeError(f"{type(self).__name__}: factors were captured but optimizer.backward(scaled_loss, "
-                               "logits, loss_scale) was not called; it replaces scaled_loss.backward()")
         if not self._all_finite(new):
             self._skip(new)
             self._arm()

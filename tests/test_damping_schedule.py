@@ -70,7 +70,9 @@ def test_reduction_ratio_and_rule(name, lr, direction):
     assert kron  # the attention and MLP projections
     rho = opt.adapt_damping(model, batches)
     expected = reference_ratio(model, before, after, batches, kron, 1e-2)
-    assert rho == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    # adapt_damping takes dFd in float32 (softmax and J delta: 13-term sums per token, a mean over 18 tokens, ~2e-6
+    # relative at worst), and M(delta) - M(0) cancels it against grad h.delta by up to 40x (lr=0.3)
+    assert rho == pytest.approx(expected, rel=1e-4, abs=1e-9)
     assert not opt.lm_pending and opt.adapt_damping(model, batches) is None  # once per due step
     omega = (19 / 20) ** 2
     if direction == 'down':

@@ -117,6 +117,7 @@ def test_dpfp_opposite_orthants_have_disjoint_supports(d, nu):
 
 def test_sum_norm_gives_unit_l1_and_survives_zero_features():
     phi = dpfp(torch.randn(10, 8, dtype=torch.float64), 2)
+    # float64, but sum_norm's eps = 1e-6 in the denominator leaves 1 - 1e-6 / sum(phi): not rounding
     assert_close('sum', torch.ones(10, dtype=torch.float64), sum_norm(phi).sum(-1), 1e-5)
     zero = dpfp(torch.tensor([1., -1., 1.]))  # alternating signs, odd d: every neighbour product is 0
     assert (zero == 0).all() and torch.isfinite(sum_norm(zero)).all()

@@ -247,14 +247,6 @@ def test_backward_leaves_grads_unchanged(fisher):
         torch.testing.assert_close(p.grad, ref[n], rtol=0, atol=0)
 
 
-def test_plain_backward_on_a_factor_step_is_a_clear_error():
-    gpt, (X, Y) = tiny_gpt(n_layer=1), tokens()
-    opt = build_optimizer('kfac', gpt)
-    gpt(X, Y)[1].backward()
-    with pytest.raises(RuntimeError, match='optimizer.backward'):
-        opt.step()
-
-
 @pytest.mark.parametrize('name', ['kfac', 'fixed_fisher', 'eva', 'ekfac', 'ief'])
 def test_two_micro_steps_of_half_batch_equal_one_step(name):
     X, Y = tokens(B=4)

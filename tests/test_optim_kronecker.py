@@ -60,16 +60,18 @@ def dense_fisher(name, A, G, damping, mode):
     return torch.kron(A, G) + lam * torch.eye(nA * nG, dtype=A.dtype)
 
 
+@pytest.mark.parametrize('backward', ['optimizer', 'plain'])
 @pytest.mark.parametrize('mode', ['absolute', 'relative'])
 @pytest.mark.parametrize('name', METHODS)
-def test_step_is_minus_lr_times_the_damped_inverse(name, mode):
+def test_step_is_minus_lr_times_the_damped_inverse(name, mode, backward):
     """DESIGN.md: momentum 0, no weight decay or KL clip, factor_decay 0, frequencies 1: each preconditioned weight
-    (bias as the last column) moves by exactly -lr (damped Fisher)^-1 vec(V), from this step's factors."""
+    (bias as the last column) moves by exactly -lr (damped Fisher)^-1 vec(V), from this step's factors, after
+    optimizer.backward(loss, logits) or a plain loss.backward() (drop-in, tests/test_plain_backward.py)."""
     gpt, (X, Y) = tiny_gpt(), batch(0)
     lr, damping = 0.05, 1e-2 if mode == 'absolute' else 3e-2
     opt = build_optimizer(name, gpt, lr=lr, damping=damping, damping_mode=mode, **CONTRACT)
     logits, loss = gpt(X, Y)
-    opt.backward(loss, logits)
+    opt.backward(loss, logits) if backward == 'optimizer' else loss.backward()
     layers = {n: gpt.get_submodule(n) for n in opt.modules_}
     before = {n: (augmented(m), augmented(m, use_grad=True)) for n, m in layers.items()}
     opt.step()
