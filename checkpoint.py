@@ -1,6 +1,8 @@
 """
 Checkpoints that are never lost: written to a temporary file in the same folder, flushed to disk, then renamed
 over the old one (an atomic step on POSIX), so a run killed mid-save leaves the previous checkpoint intact.
+Loading never executes code: torch.load(weights_only=True) unpickles only tensors and plain containers, so a crafted
+file is an error, not a program.
 """
 
 import os
@@ -28,10 +30,11 @@ def load_checkpoint(path, map_location='cpu'):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}; train one with train.py (out_dir={os.path.dirname(path)!r})")
     try:
-        # weights_only=False: the checkpoint holds RNG states (numpy arrays) and the config beside the tensors
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise RuntimeError(f"checkpoint {path} is corrupt or truncated, or holds objects other than tensors and plain "
+                           f"containers, which are not unpickled ({type(e).__name__}: {first}); "
                            f"it cannot be resumed from") from e
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:

@@ -2,20 +2,25 @@
 Trains a GPT with AdamW or a Fisher-preconditioned optimizer. One process on a CPU or a GPU:
 $ python train.py config/adamw_small.py --batch_size=32
 
-Several GPUs with DDP (gradient_accumulation_steps is global and is divided among the ranks):
-$ torchrun --standalone --nproc_per_node=4 train.py config/fixed_fisher_small.py
+Several ranks with DDP (gradient_accumulation_steps counts micro-steps over all ranks, so it must be a multiple of
+their number; here the same global batch of 12 sequences as one process, on 2 CPU processes or GPUs):
+$ torchrun --standalone --nproc_per_node=2 train.py config/fixed_fisher_small.py --batch_size=6 --gradient_accumulation_steps=2
 
 Several nodes: see README.md. Each logged step and each evaluation is one JSON line in out_dir/metrics.jsonl.
+`python train.py --help` lists every config key with its default.
 """
 
+import atexit
 import json
 import math
 import os
-import pickle
 import resource
 import runpy
+import socket
+import sys
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -23,6 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, save_checkpoint
+from data.common import load_meta
 from model import GPT, GPTConfig
 from optim import build_optimizer, optimizer_kwargs
 
@@ -35,8 +41,11 @@ eval_interval = 2000  # iterations between evaluations (and checkpoints)
 log_interval = 1  # iterations between train records
 eval_iters = 200  # batches per split in an evaluation
 eval_only = False  # if True, evaluate once and exit
-always_save_checkpoint = True  # if False, save only when val loss improves
+always_save_checkpoint = True  # if False, save only when val loss improves (a diverged model is never saved)
 init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+overwrite = False  # with init_from='scratch': replace the checkpoint and logs already in out_dir (else an error)
+divergence_nats = 1.0  # diverged: an iteration's loss above ln(vocab_size) + this, or a val loss above the best + this
+max_skipped_steps = 10  # diverged: this many steps in a row skipped by the optimizer's NaN guard
 # wandb logging
 wandb_log = False
 wandb_project = 'nanofisher'
@@ -44,6 +53,7 @@ wandb_run_name = 'run'
 # data
 dataset = 'openwebtext'  # folder under data/ with train.bin, val.bin (and meta.pkl for character sets)
 data_dir = ''  # '' means data/<dataset> beside train.py
+allow_pickle_meta = False  # read an old meta.pkl (unpickling can run code; prepare writes meta.json)
 data_seed = 1337  # seeds the batch order: same data_seed, same batches, whatever the optimizer or number of ranks
 gradient_accumulation_steps = 5 * 8  # micro-steps per iteration, over all ranks
 batch_size = 12  # sequences per micro-step
@@ -87,6 +97,7 @@ min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
 target_val_loss = 0.0  # stop at the first evaluation at or below this val loss (0 disables): steps-to-target runs
 # DDP
 backend = ''  # '' picks nccl on GPUs and gloo on CPUs
+ddp_timeout_s = 300  # seconds a rank waits for the others in a collective before the run stops, naming the late ranks
 distribute = 'decomposition'  # Kronecker optimizers' work over ranks: 'decomposition', 'gradient', 'none'
 # system
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:0', 'mps'
@@ -96,32 +107,71 @@ seed = 1337  # seeds the model's initialisation and dropout
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and (v is None or type(v) in (int, float, bool, str))]
 config_keys.remove('here')
-exec(open(os.path.join(here, 'configurator.py')).read())  # overrides from the command line or a config file
+
+
+def config_error(message):
+    """A bad config stops every rank; the message is printed once (rank 0), alone, as the last line of train.py's
+    output, and under torchrun also handed to its failure report as the root cause."""
+    if os.environ.get('RANK', '0') == '0':
+        if os.environ.get('TORCHELASTIC_ERROR_FILE'):
+            with open(os.environ['TORCHELASTIC_ERROR_FILE'], 'w') as f:
+                json.dump({'message': f"train.py: config error: {message}", 'timestamp': int(time.time())}, f)
+        print(f"train.py: config error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+try:
+    exec(open(os.path.join(here, 'configurator.py')).read())  # overrides from the command line or a config file
+except (ValueError, TypeError, FileNotFoundError) as e:
+    config_error(e)
 config = {k: globals()[k] for k in config_keys}  # logged, and saved in checkpoints
 # -----------------------------------------------------------------------------
 
 for key, ok in [('init_from', init_from in ('scratch', 'resume')), ('dtype', dtype in ('float32', 'bfloat16', 'float16')),
                 ('max_iters', max_iters >= 0), ('eval_interval', eval_interval > 0), ('log_interval', log_interval > 0),
-                ('gradient_accumulation_steps', gradient_accumulation_steps > 0), ('batch_size', batch_size > 0)]:
+                ('eval_iters', eval_iters > 0), ('gradient_accumulation_steps', gradient_accumulation_steps > 0),
+                ('batch_size', batch_size > 0), ('block_size', block_size > 0), ('warmup_iters', warmup_iters >= 0),
+                ('lr_decay_iters', not decay_lr or lr_decay_iters >= warmup_iters),
+                ('divergence_nats', divergence_nats > 0), ('max_skipped_steps', max_skipped_steps > 0),
+                ('ddp_timeout_s', ddp_timeout_s > 0)]:
     if not ok:
-        raise ValueError(f"bad config value {key}={globals()[key]!r}")
+        hint = f" (must be >= warmup_iters={warmup_iters})" if key == 'lr_decay_iters' else ''
+        config_error(f"bad config value {key}={globals()[key]!r}{hint}")
 
 # DDP: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
 ddp = int(os.environ.get('RANK', -1)) != -1
 if ddp:
-    use_cuda = device.startswith('cuda')
-    dist.init_process_group(backend=backend or ('nccl' if use_cuda else 'gloo'))
     ddp_rank = int(os.environ['RANK'])
     ddp_local_rank = int(os.environ['LOCAL_RANK'])
     ddp_world_size = int(os.environ['WORLD_SIZE'])
+    if gradient_accumulation_steps % ddp_world_size != 0:
+        config_error(f"gradient_accumulation_steps={gradient_accumulation_steps} is not a multiple of the "
+                     f"{ddp_world_size} ranks (it counts micro-steps over all ranks: e.g. "
+                     f"--gradient_accumulation_steps={ddp_world_size * max(1, gradient_accumulation_steps // ddp_world_size)})")
+    use_cuda = device.startswith('cuda')
+    dist.init_process_group(backend=backend or ('nccl' if use_cuda else 'gloo'), timeout=timedelta(seconds=ddp_timeout_s))
+    monitor_group = dist.new_group(backend='gloo')  # names the ranks that stop answering (monitored_barrier)
     if use_cuda:
         device = f'cuda:{ddp_local_rank}'
         torch.cuda.set_device(device)
     master_process = ddp_rank == 0  # logs, evaluates and writes checkpoints
-    if gradient_accumulation_steps % ddp_world_size != 0:
-        raise ValueError(f"gradient_accumulation_steps={gradient_accumulation_steps} is not a multiple of the "
-                         f"{ddp_world_size} ranks")
     gradient_accumulation_steps //= ddp_world_size
+
+    def report_stalled_ranks(kind, error, tb):
+        """A collective that timed out: ask every rank to check in (gloo's monitored_barrier) and name those that
+        do not, as the last line, instead of a bare gloo/nccl timeout."""
+        if isinstance(error, RuntimeError) and 'timed out' in str(error).lower():
+            try:
+                dist.monitored_barrier(group=monitor_group, timeout=timedelta(seconds=min(10, ddp_timeout_s)),
+                                     wait_all_ranks=True)
+                late = 'none (the stalled rank recovered)'
+            except RuntimeError as e:
+                late = str(e).split(']: ', 1)[-1]
+            print(f"rank {ddp_rank}: a collective timed out after ddp_timeout_s={ddp_timeout_s}: {late}; "
+                  f"see that rank's output (stalled, killed or out of memory)", file=sys.stderr)
+            os._exit(1)
+        sys.__excepthook__(kind, error, tb)
+    sys.excepthook = report_stalled_ranks
 else:
     master_process, ddp_rank, ddp_world_size = True, 0, 1
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
@@ -129,6 +179,49 @@ if master_process:
     print(f"tokens per iteration: {tokens_per_iter:,} ({gradient_accumulation_steps} micro-steps x "
           f"{ddp_world_size} ranks x {batch_size} sequences x {block_size} tokens)")
     os.makedirs(out_dir, exist_ok=True)
+
+
+def take_lock(path):
+    """out_dir/train.lock holds the host and pid of the run writing out_dir: a second run is refused, and the lock
+    of a process that died is taken over (a lock from another host is refused: its process cannot be checked)."""
+    mine = json.dumps({'host': socket.gethostname(), 'pid': os.getpid()})
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    owner = json.load(f)
+                host, pid = owner['host'], int(owner['pid'])
+            except (OSError, ValueError, KeyError, TypeError):
+                host, pid = socket.gethostname(), -1  # torn or unreadable: its writer died while writing it
+            alive = host != socket.gethostname()
+            if not alive and pid > 0:
+                try:
+                    os.kill(pid, 0)
+                    alive = True
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    alive = True
+            if alive:
+                config_error(f"out_dir {out_dir!r} is in use by process {pid} on {host} ({path}); wait for it, or use "
+                             f"another --out_dir (delete the lock only if that process is gone)")
+            print(f"taking over {path} from process {pid}, which is gone")
+            os.remove(path)
+            continue
+        with os.fdopen(fd, 'w') as f:
+            f.write(mine)
+        atexit.register(lambda: os.path.exists(path) and open(path).read() == mine and os.remove(path))
+        return
+
+
+if master_process:
+    take_lock(os.path.join(out_dir, 'train.lock'))
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    if init_from == 'scratch' and os.path.exists(ckpt_path) and not overwrite:
+        config_error(f"out_dir {out_dir!r} already holds a checkpoint ({ckpt_path}); continue it with "
+                     f"--init_from=resume, replace it with --overwrite=True, or pick another --out_dir")
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -145,15 +238,8 @@ if not os.path.exists(os.path.join(data_dir, 'train.bin')) and dataset == 'shake
         runpy.run_path(prepare_script)['prepare'](out_dir=data_dir)
     if ddp:
         dist.barrier()
-meta_path = os.path.join(data_dir, 'meta.pkl')
-meta_vocab_size = None
-if os.path.exists(meta_path):
-    try:
-        with open(meta_path, 'rb') as f:
-            meta_vocab_size = pickle.load(f)['vocab_size']
-    except Exception as e:
-        raise RuntimeError(f"{meta_path} is corrupt ({e}); rerun python {prepare_script}") from e
-vocab_size = meta_vocab_size or 50304  # GPT-2 BPE (50257) padded up to a multiple of 64
+meta = load_meta(data_dir, allow_pickle_meta)  # a character set's vocabulary; None for GPT-2 BPE
+vocab_size = meta['vocab_size'] if meta else 50304  # GPT-2 BPE (50257) padded up to a multiple of 64
 
 
 def open_tokens(split):
@@ -196,13 +282,24 @@ best_val_loss = 1e9
 train_time_s = 0.0  # seconds spent in training steps, evaluation and checkpointing left out
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                   vocab_size=vocab_size, dropout=dropout, attention=attention)
+# what a resume may change: the length and learning-rate schedule of the run, evaluation, logging, checkpointing and
+# the machine; every other key (model, optimizer and its knobs, data, batch, seeds) defines the run and must match
+RESUMABLE = {'max_iters', 'learning_rate', 'decay_lr', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'target_val_loss',
+             'eval_interval', 'log_interval', 'eval_iters', 'eval_only', 'always_save_checkpoint', 'init_from',
+             'overwrite', 'divergence_nats', 'max_skipped_steps', 'out_dir', 'data_dir', 'allow_pickle_meta',
+             'wandb_log', 'wandb_project', 'wandb_run_name', 'device', 'dtype', 'compile', 'backend', 'distribute',
+             'ddp_timeout_s', 'dropout'}
 checkpoint = None
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     checkpoint = load_checkpoint(ckpt_path, map_location=device)
+    differ = [f"{k}: checkpoint {checkpoint['config'][k]!r}, now {config[k]!r}" for k in config_keys
+              if k not in RESUMABLE and k in checkpoint['config'] and checkpoint['config'][k] != config[k]]
+    if differ:
+        config_error(f"--init_from=resume: {ckpt_path} was trained with another run's config, which a resume "
+                     f"does not change (README, Checkpoints and resume): " + '; '.join(differ))
     if master_process:
         print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
-    # the architecture comes from the checkpoint, the rest (e.g. dropout) from this run's config
     for k in ['n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'attention']:
         model_args[k] = checkpoint['model_args'][k]
 torch.manual_seed(seed)  # the same initial weights on every rank
@@ -271,7 +368,7 @@ def get_lr(it):
         return learning_rate
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
+    if it >= lr_decay_iters:  # also when warmup_iters == lr_decay_iters: no decay phase
         return min_lr
     decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
@@ -279,9 +376,35 @@ def get_lr(it):
 
 
 metrics_path = os.path.join(out_dir, 'metrics.jsonl')
+
+
+def keep_metrics_until(path, last_iter):
+    """On resume: the log keeps the records up to the checkpoint's iteration (those after it are logged again by this
+    run) and drops a torn last line (the previous run was killed while writing it)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get('iter', 0) <= last_iter and record.get('kind') != 'diverged':
+            kept.append(json.dumps(record) + '\n')
+    if len(kept) < len(lines):
+        print(f"{path}: dropping {len(lines) - len(kept)} records after iteration {last_iter} or torn")
+        with open(path + '.tmp', 'w') as f:
+            f.writelines(kept)
+        os.replace(path + '.tmp', path)
+
+
 if master_process:
     if init_from == 'scratch':
         open(metrics_path, 'w').close()
+    else:
+        keep_metrics_until(metrics_path, iter_num)
     with open(os.path.join(out_dir, 'config.json'), 'w') as f:
         json.dump(config, f, indent=1)
     if wandb_log:
@@ -294,6 +417,17 @@ def log_metrics(record):
         f.write(json.dumps(record) + '\n')
     if wandb_log:
         wandb.log(record, step=record['iter'])
+
+
+def stop_diverged(reason):
+    """A diverged run stops here: logged, said as the last line, exit status 3; the last checkpoint stays as it was."""
+    if master_process:
+        log_metrics(dict(iter=iter_num, kind='diverged', reason=reason))
+        print(f"training diverged: {reason} (the checkpoint in {out_dir} is left as it was; try a smaller "
+              f"learning_rate or a larger damping)", file=sys.stderr)
+    if ddp:
+        dist.destroy_process_group()
+    sys.exit(3)
 
 
 def save(val_loss):
@@ -315,6 +449,10 @@ def save(val_loss):
 
 # training loop: iterations iter_num .. max_iters-1, with an evaluation every eval_interval and at the end
 start_iter = iter_num
+loss_ceiling = math.log(vocab_size) + divergence_nats  # above it a model predicts worse than uniform guessing
+worst_loss = torch.zeros((), device=device)  # the highest iteration loss since the last check (NaN sticks)
+skipped_in_a_row, skipped_before = 0, getattr(optimizer, 'skipped_steps', 0)
+last_val, saved_iter = None, None
 backward = getattr(optimizer, 'backward', None)  # Kronecker optimizers capture factors in their backward
 loss_sum = torch.zeros((), device=device)  # sum of micro-batch losses since the last log
 t_log, iters_since_log = time.time(), 0
@@ -337,9 +475,19 @@ while True:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             log_metrics(dict(iter=iter_num, kind='eval', train_loss=losses['train'], val_loss=losses['val'],
                              time_s=train_time_s))
-        if (losses['val'] < best_val_loss or always_save_checkpoint) and iter_num > 0 and not eval_only:
-            best_val_loss = min(best_val_loss, losses['val'])
-            save(losses['val'])
+        last_val = losses['val']
+        if not eval_only:
+            # a checkpoint only of a healthy model: finite weights, and a val loss finite and within
+            # divergence_nats of the best so far; otherwise the run stops and the last checkpoint stays
+            if not math.isfinite(last_val) or last_val > best_val_loss + divergence_nats:
+                stop_diverged(f"val loss {last_val:.4g} at iteration {iter_num}, best so far {best_val_loss:.4g}")
+            if not bool(torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all()):
+                stop_diverged(f"non-finite weights at iteration {iter_num}")
+            improved = last_val < best_val_loss
+            best_val_loss = min(best_val_loss, last_val)
+            if (improved or always_save_checkpoint) and iter_num > 0:
+                save(last_val)
+                saved_iter = iter_num
         if 0 < target_val_loss and losses['val'] <= target_val_loss and not eval_only:
             if master_process:
                 print(f"step {iter_num}: val loss {losses['val']:.4f} reached target_val_loss {target_val_loss}; stopping")
@@ -352,6 +500,7 @@ while True:
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)
     t0 = clock()
+    iter_loss = torch.zeros((), device=device)
     for micro_step in range(gradient_accumulation_steps):
         if ddp:
             # all-reduce the gradients only on the last micro-step
@@ -359,7 +508,7 @@ while True:
         X, Y = get_batch('train', 0, iter_num, ddp_rank * gradient_accumulation_steps + micro_step)
         with ctx:
             logits, loss = model(X, Y)
-        loss_sum += loss.detach().float()
+        iter_loss += loss.detach().float()
         # .grad collects the gradient of the global batch's mean loss (times the fp16 loss scale):
         # scaled_loss = loss_scale * loss, whose gradients Kronecker optimizers divide back out of their ĝ
         scaled_loss = scaler.scale(loss) / gradient_accumulation_steps
@@ -367,6 +516,8 @@ while True:
             backward(scaled_loss, logits, scaler.get_scale() / gradient_accumulation_steps)
         else:
             scaled_loss.backward()
+    loss_sum += iter_loss
+    worst_loss = torch.maximum(worst_loss, iter_loss / gradient_accumulation_steps)  # NaN propagates
     t1 = clock()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
@@ -382,6 +533,20 @@ while True:
     phase_s['step'] += t2 - t1
     iters_since_log += 1
     iter_num += 1
+    skipped = getattr(optimizer, 'skipped_steps', 0)  # the optimizer's NaN guard skipped this step
+    skipped_in_a_row, skipped_before = (skipped_in_a_row + 1 if skipped > skipped_before else 0), skipped
+    if skipped_in_a_row >= max_skipped_steps:
+        stop_diverged(f"{skipped_in_a_row} steps in a row skipped for non-finite gradients or factors, "
+                      f"up to iteration {iter_num}")
+    if iter_num % log_interval == 0 or iter_num % eval_interval == 0 or iter_num >= max_iters:
+        # every iteration's loss (not only the mean of a log interval), checked before it is logged or evaluated
+        worst = torch.nan_to_num(worst_loss, nan=math.inf)
+        if ddp:
+            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        if not worst.item() <= loss_ceiling:
+            stop_diverged(f"an iteration's loss reached {worst.item():.4g} by iteration {iter_num}, above "
+                          f"ln(vocab_size) + divergence_nats = {loss_ceiling:.3g}")
+        worst_loss.zero_()
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
         # the mean loss of the global batches since the last log (a sync point: the .item() waits for the GPU)
@@ -406,12 +571,13 @@ while True:
                 f", mfu {raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt) * 100:.1f}%"
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
                   f"{tokens_per_iter / dt:,.0f} tok/s{mfu}, eta {int(eta // 60)}m{int(eta % 60):02d}s")
-        if not math.isfinite(lossf):
-            raise FloatingPointError(f"training diverged: the loss is {lossf} at iteration {iter_num} "
-                                     f"(try a smaller learning_rate or a larger damping)")
         loss_sum.zero_()
         phase_s = dict.fromkeys(phase_s, 0.0)
         t_log, iters_since_log = time.time(), 0
 
+if master_process and not eval_only:
+    where = f"{out_dir}/ckpt.pt (iteration {saved_iter})" if saved_iter is not None else "no new checkpoint"
+    final = f"final val loss {last_val:.4f}, " if last_val is not None else ""
+    print(f"done: {iter_num} iterations, {final}best {best_val_loss:.4f}, {train_time_s:.1f} s of training, {where}")
 if ddp:
     dist.destroy_process_group()

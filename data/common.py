@@ -82,3 +82,44 @@ def write_atomic(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+def write_meta(out_dir, chars):
+    """meta.json of a character-level set: {"vocab_size": n, "itos": [the character of id 0, 1, ...]}.
+    JSON, not pickle: loading a data folder must never run code."""
+    import json
+    meta = {'vocab_size': len(chars), 'itos': list(chars)}
+    write_atomic(os.path.join(out_dir, 'meta.json'), lambda tmp: Path(tmp).write_text(json.dumps(meta), encoding='utf-8'))
+
+def load_meta(data_dir, allow_pickle_meta=False):
+    """The character vocabulary of data_dir as {'vocab_size', 'itos' (id -> char), 'stoi' (char -> id)}, or None if
+    the folder has no meta.json (a GPT-2 BPE set). An old meta.pkl is unpickled only with allow_pickle_meta=True, with
+    a warning (unpickling a crafted file runs its code); without it, it is an error that says how to convert it."""
+    import json
+    json_path, pkl_path = os.path.join(data_dir, 'meta.json'), os.path.join(data_dir, 'meta.pkl')
+    if os.path.exists(json_path):
+        try:
+            with open(json_path, encoding='utf-8') as f:
+                meta = json.load(f)
+            itos = meta['itos']
+            if not (isinstance(itos, list) and meta['vocab_size'] == len(itos) and all(isinstance(c, str) for c in itos)):
+                raise ValueError("'itos' must be a list of vocab_size strings")
+        except (ValueError, KeyError, TypeError) as e:
+            raise RuntimeError(f"{json_path} is corrupt ({type(e).__name__}: {e}); prepare the dataset again") from e
+        return {'vocab_size': len(itos), 'itos': dict(enumerate(itos)), 'stoi': {c: i for i, c in enumerate(itos)}}
+    if not os.path.exists(pkl_path):
+        return None
+    if not allow_pickle_meta:
+        raise RuntimeError(f"{data_dir} has an old meta.pkl and no meta.json. Unpickling a file can run code, so it is "
+                           f"not read by default: prepare the dataset again (it writes meta.json), or, if you trust "
+                           f"the file, pass --allow_pickle_meta=True once (it then writes meta.json beside it)")
+    import pickle
+    import warnings
+    warnings.warn(f"unpickling {pkl_path} (allow_pickle_meta=True): this runs any code the file holds")
+    try:
+        with open(pkl_path, 'rb') as f:
+            meta = pickle.load(f)
+        itos = [meta['itos'][i] for i in range(meta['vocab_size'])]
+    except Exception as e:
+        raise RuntimeError(f"{pkl_path} is corrupt ({type(e).__name__}: {e}); prepare the dataset again") from e
+    write_meta(data_dir, itos)
+    return load_meta(data_dir)

@@ -1,7 +1,6 @@
 """train.py and sample.py end to end on CPU, on a tiny synthetic character set made here."""
 import json
 import os
-import pickle
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
+from data.common import write_meta
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIRROR = os.environ.get('NANOFISHER_DATA_MIRROR') or os.path.join(REPO, '..', 'shared', 'data')
@@ -28,9 +28,7 @@ def tiny_data(tmp_path_factory):
         noise = rng.random(n) < 0.1
         tokens[noise] = rng.integers(0, 16, noise.sum())
         tokens.astype(np.uint16).tofile(folder / f'{split}.bin')
-    itos = {i: chr(ord('a') + i) for i in range(16)}
-    with open(folder / 'meta.pkl', 'wb') as f:
-        pickle.dump({'vocab_size': 16, 'itos': itos, 'stoi': {c: i for i, c in itos.items()}}, f)
+    write_meta(folder, [chr(ord('a') + i) for i in range(16)])
     return folder
 
 
@@ -135,7 +133,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_bad_data_file_is_a_clear_error(tiny_data, tmp_path, damage, message):
     folder = tmp_path / 'data'
     folder.mkdir()
-    (folder / 'meta.pkl').write_bytes((tiny_data / 'meta.pkl').read_bytes())
+    (folder / 'meta.json').write_bytes((tiny_data / 'meta.json').read_bytes())
     (folder / 'val.bin').write_bytes((tiny_data / 'val.bin').read_bytes())
     train_bin = (tiny_data / 'train.bin').read_bytes()
     if damage == 'empty':
@@ -153,7 +151,7 @@ def test_sample_prints_requested_samples(tiny_data, tmp_path):
     train(tiny_data, tmp_path, '--max_iters=30', '--eval_interval=30')
     result = run('sample.py', f'--out_dir={tmp_path}', '--num_samples=3', '--max_new_tokens=12', '--start=abc',
                  '--device=cpu')
-    body = result.stdout.split('meta.pkl\n', 1)[1]  # after the config echo and the tokenizer line
+    body = result.stdout.split('meta.json\n', 1)[1]  # after the config echo and the tokenizer line
     samples = body.split('---------------\n')[:-1]
     assert len(samples) == 3
     for text in samples:

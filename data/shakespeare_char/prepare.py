@@ -1,17 +1,15 @@
 """
 Prepare the tiny Shakespeare dataset for character-level language modeling.
-Characters are mapped to ints 0..64; writes train.bin and val.bin (np.uint16 ids) and meta.pkl
-(vocab_size, itos, stoi) to out_dir. Expected: 65 symbols, 1,003,854 train and 111,540 val tokens.
+Characters are mapped to ints 0..64; writes train.bin and val.bin (np.uint16 ids) and meta.json
+(vocab_size, itos: the character of each id) to out_dir. Expected: 65 symbols, 1,003,854 train and 111,540 val tokens.
 Set NANOFISHER_DATA_MIRROR to read the text from a local mirror instead of downloading it.
 """
 import os
 import sys
-import pickle
 import argparse
-from pathlib import Path
 import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) # data/, for common.py
-from common import get_shakespeare, write_atomic
+from common import get_shakespeare, write_atomic, write_meta
 
 def prepare(out_dir=os.path.dirname(os.path.abspath(__file__))):
     data = get_shakespeare(out_dir)
@@ -22,7 +20,6 @@ def prepare(out_dir=os.path.dirname(os.path.abspath(__file__))):
     vocab_size = len(chars)
     print(f"vocab size: {vocab_size:,}")
     stoi = {ch: i for i, ch in enumerate(chars)}
-    itos = {i: ch for i, ch in enumerate(chars)}
 
     # 90/10 train/val split by characters
     n = len(data)
@@ -32,11 +29,10 @@ def prepare(out_dir=os.path.dirname(os.path.abspath(__file__))):
     print(f"val has {len(val_ids):,} tokens")
 
     # train.bin is written last: if it exists, the dataset is complete
-    meta = {'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi}
-    write_atomic(os.path.join(out_dir, 'meta.pkl'), lambda tmp: Path(tmp).write_bytes(pickle.dumps(meta)))
+    write_meta(out_dir, chars)
     write_atomic(os.path.join(out_dir, 'val.bin'), val_ids.tofile)
     write_atomic(os.path.join(out_dir, 'train.bin'), train_ids.tofile)
-    print(f"wrote meta.pkl, val.bin, train.bin to {out_dir}")
+    print(f"wrote meta.json, val.bin, train.bin to {out_dir}")
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
