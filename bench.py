@@ -3,7 +3,7 @@ Optimizer-vs-optimizer runs on one config: each run is `python train.py CONFIG .
 what a user would type, with the same seed, data order (data_seed) and token budget (max_iters), then a table of
 results in OUT/results.md and OUT/results.json, and plots (plot.py) of the runs in OUT.
 
-$ python bench.py config/compare_small.py                  # a study file: the README's results
+$ python bench.py config/bench/compare_small.py            # a study file: the README's results
 $ python bench.py config/ablations/damping.py --max_iters=100   # an ablation, shortened from the command line
 $ python bench.py config/adamw_small.py --optimizers=adamw,muon,fixed_fisher --max_iters=500 --out_dir=out-bench
 $ python bench.py config/adamw_small.py --runs="kfac:damping=1e-2;kfac:damping=1e-3" --tune lr=3e-4,1e-3,3e-3
@@ -26,14 +26,15 @@ bench.py's own arguments; everything else (config files, --key=value) goes to ev
   --rerun=False          a run that already ran to its end in OUT with the same arguments (OUT/<run>/bench.json)
                          is read, not run again: extend a grid or add runs and only they run; True reruns all
 
-A study file (config/compare_small.py, config/ablations/*.py) is a Python file that sets `runs`: a list of run
+A study file (config/bench/*.py, config/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
 target_loss, out_dir, jobs, nproc. Arguments on the command line come after the file's: shared train.py
 arguments are appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
 
 A run's name is its optimizer (or config file) and overrides ("kfac damping=1e-2 learning_rate=1e-3"), its folder
-the same with '_' for ' '. A run whose loss turns NaN or inf is 'diverged' (train.py stops it), one that exits with
-an error otherwise 'failed'; the others go on. Times are train.py's: time_s is training time (evaluation left out),
+the same with '_' for ' '. A run that train.py stops as diverged (a {"kind": "diverged"} record in its metrics.jsonl,
+a 'training diverged:' line in its log) or whose loss turns NaN or inf is 'diverged', one that exits with an error
+otherwise 'failed'; the others go on. Times are train.py's: time_s is training time (evaluation left out),
 the ms columns are medians over the train records of ms/iter and of the parts the run logs (train.py: ms_fwd_bwd,
 ms_step and peak_mem_mb; the Kronecker optimizers: ms_factors, ms_decomp, ms_precond; they overlap: the factor
 hooks run in the backward, decompositions and preconditioning in the step); '—' where a run has none. Runs at the
@@ -56,7 +57,7 @@ import time
 
 from tqdm import tqdm
 
-from plot import BREAKDOWN, finite, median_ms, plot_runs, read_metrics
+from plot import BREAKDOWN, finite, median_ms, plot_runs, read_records
 
 here = os.path.dirname(os.path.abspath(__file__))
 ALIASES = {'lr': 'learning_rate'}  # --tune lr=... is the peak learning rate
@@ -137,19 +138,25 @@ def summarize(run_dir, returncode, target_loss):
                steps_to_target=None, seconds_to_target=None, iters=None, tokens=None, time_s=None,
                peak_mem_mb=None, **{key: None for key, _ in BREAKDOWN})
     log = os.path.join(run_dir, 'train.log')
-    tail = open(log).read().strip().splitlines()[-1:] if os.path.exists(log) else []
+    lines = open(log, errors='replace').read().strip().splitlines() if os.path.exists(log) else []
     try:
-        train, evals = read_metrics(run_dir)
+        records = read_records(run_dir)
     except (FileNotFoundError, ValueError) as e:
-        train, evals, row['error'] = [], [], str(e)
+        records, row['error'] = [], str(e)
+    train, evals = [r for r in records if r.get('kind') == 'train'], [r for r in records if r.get('kind') == 'eval']
+    diverged = [r for r in records if r.get('kind') == 'diverged']
+    said = [line for line in lines[-50:] if 'training diverged:' in line]  # train.py's words (or its traceback's)
     losses = [r.get('loss') for r in train] + [r.get('val_loss') for r in evals] + \
              [r.get('train_loss') for r in evals]
-    if any(x is not None and not finite(x) for x in losses) or any('training diverged' in t for t in tail):
+    if diverged or said or any(x is not None and not finite(x) for x in losses):
         row['status'] = 'diverged'
     elif returncode != 0 or not train:
         row['status'] = 'failed'
-    if returncode != 0:  # the run's last words, else why its metrics could not be read
-        row['error'] = tail[0] if tail else row['error'] or f"exit code {returncode}"
+    if said or diverged:
+        row['error'] = said[-1] if said else \
+            f"training diverged: {diverged[-1].get('reason')} (iteration {diverged[-1].get('iter')})"
+    elif returncode != 0:  # the run's last words, else why its metrics could not be read
+        row['error'] = lines[-1] if lines else row['error'] or f"exit code {returncode}"
     val = [r for r in evals if finite(r.get('val_loss'))]
     if val and row['status'] != 'diverged':
         row['final_val_loss'] = val[-1]['val_loss']
@@ -175,11 +182,13 @@ def summarize(run_dir, returncode, target_loss):
 def run_one(args, run_dir, nproc):
     """train.py with args and --out_dir=run_dir; its output goes to run_dir/train.log. Returns the exit code."""
     os.makedirs(run_dir, exist_ok=True)
-    command = [sys.executable, os.path.join(here, 'train.py'), *args, f'--out_dir={run_dir}']
+    # --overwrite=True: bench decided to (re)run this trial, so what an earlier, unfinished one left in run_dir goes
+    command = [sys.executable, os.path.join(here, 'train.py'), *args, f'--out_dir={run_dir}', '--overwrite=True']
     if nproc > 1:
         command[1:1] = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}']
-    with open(os.path.join(run_dir, 'train.log'), 'w') as log:
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    with open(os.path.join(run_dir, 'train.log'), 'w') as log:  # unbuffered: the log's lines in the order written
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, 'PYTHONUNBUFFERED': '1'}).returncode
 
 
 def finished(run_dir, args, nproc):
@@ -306,6 +315,9 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
 
 
 def main(argv):
+    if '-h' in argv or '--help' in argv:
+        print(__doc__.strip())
+        return
     opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-bench', nproc=1, jobs=1, rerun='False')
     tunes, train_args = [], []
     argv = list(argv)

@@ -14,7 +14,7 @@ import torch
 
 from model import ATTENTIONS, Block, GPTConfig
 
-parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--seq_lens', default='256,512,1024,2048,4096', help='comma-separated T')
 parser.add_argument('--attentions', default='softmax,linear,delta', help=f'comma-separated, of {sorted(ATTENTIONS)}')
 parser.add_argument('--batch_size', type=int, default=1)

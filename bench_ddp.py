@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from model import GPT, GPTConfig
 from optim import OPTIMIZERS, build_optimizer, optimizer_kwargs
 
-parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--optimizers', default=','.join(OPTIMIZERS), help=f'comma-separated, of {sorted(OPTIMIZERS)}')
 parser.add_argument('--ranks', default='1,2', help='comma-separated numbers of ranks')
 parser.add_argument('--distribute', default='decomposition,gradient', help="Kronecker optimizers' modes under DDP")

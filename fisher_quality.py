@@ -67,6 +67,8 @@ ng_tol = 1e-2  # ... until the residual is this fraction of ||∇L||
 out = 'fisher_quality.png'  # the plot; the numbers go to the same name with .json
 device = 'cpu'
 dtype = 'float32'  # 'float64' for exact arithmetic (slower)
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and (v is None or type(v) in (int, float, bool, str))]
+config_keys.remove('here')
 if __name__ == '__main__':  # (tests import this file for its functions)
     exec(open(os.path.join(here, 'configurator.py')).read())  # overrides from the command line or a config file
 # -----------------------------------------------------------------------------

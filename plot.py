@@ -28,27 +28,33 @@ BREAKDOWN = [
 ]
 
 
-def read_metrics(run_dir):
-    """(train records, eval records) of run_dir/metrics.jsonl, in order; NaN and Infinity (as json writes them)
-    are kept. A missing file is an error; a half-written last line (a killed run) is skipped."""
+def read_records(run_dir):
+    """The records of run_dir/metrics.jsonl, in order; NaN and Infinity (as json writes them) are kept. A missing file
+    is an error; a half-written last line (a run killed mid-write) is skipped."""
     path = os.path.join(run_dir, 'metrics.jsonl')
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: not a train.py out_dir, or the run has not started")
-    train, evals = [], []
-    with open(path) as f:
-        lines = f.read().splitlines()
+    with open(path, encoding='utf-8', errors='replace') as f:  # the bytes of a torn write may not decode
+        lines = f.read().split('\n')  # not splitlines(): it also splits at characters a torn line may hold
+    records = []
     for i, line in enumerate(lines):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                continue
-            raise ValueError(f"{path}, line {i + 1}, is not JSON: {line[:80]!r}")
-        if record.get('kind') == 'train':
-            train.append(record)
-        elif record.get('kind') == 'eval':
-            evals.append(record)
-    return train, evals
+            record = None
+        if not isinstance(record, dict):
+            if i == len(lines) - 1 or not line.strip():
+                continue  # torn, or blank
+            raise ValueError(f"{path}, line {i + 1}, is not a JSON record: {line[:80]!r}")
+        records.append(record)
+    return records
+
+
+def read_metrics(run_dir):
+    """(train records, eval records) of run_dir/metrics.jsonl (read_records), in order; other kinds ('diverged',
+    and any a later train.py adds) are left out."""
+    records = read_records(run_dir)
+    return [r for r in records if r.get('kind') == 'train'], [r for r in records if r.get('kind') == 'eval']
 
 
 def finite(x):

@@ -51,7 +51,7 @@ wandb_log = False
 wandb_project = 'nanofisher'
 wandb_run_name = 'run'
 # data
-dataset = 'openwebtext'  # folder under data/ with train.bin, val.bin (and meta.pkl for character sets)
+dataset = 'openwebtext'  # folder under data/ with train.bin, val.bin (and meta.json for character sets)
 data_dir = ''  # '' means data/<dataset> beside train.py
 allow_pickle_meta = False  # read an old meta.pkl (unpickling can run code; prepare writes meta.json)
 data_seed = 1337  # seeds the batch order: same data_seed, same batches, whatever the optimizer or number of ranks

@@ -105,7 +105,7 @@ def interpreter_check():
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[1])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--sizes', default=None, help="factor sizes, comma-separated (GPU 768,1024,2048,3072; CPU 256,768)")
     p.add_argument('--batch', type=int, default=1, help="matrices per call")
     p.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'], help="dtype of V and X (factors stay fp32)")

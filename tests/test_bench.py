@@ -66,13 +66,22 @@ def test_bench_compares_optimizers_and_reports_divergence(tiny_data, tmp_path):
     assert_valid_pngs(tmp_path)
 
 
-def fake_run(args, run_dir, nproc):
-    """Stands in for train.py in bench.run_one: metrics whose final val loss is |log10(lr) + 2| + 1, so lr=1e-2 is
-    the best; lr=1e30 diverges as train.py does (a NaN train record, an error, exit code 1)."""
-    lr = float(next(a.split('=')[1] for a in reversed(args) if a.startswith('--learning_rate=')))
+def write_run(run_dir, records, log, tail=''):
+    """A train.py out_dir as bench reads it: config.json, metrics.jsonl (records, then tail, e.g. a torn line) and
+    train.log."""
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, 'config.json'), 'w') as f:
         json.dump(dict(gradient_accumulation_steps=1, batch_size=2, block_size=8), f)
+    with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
+        f.write(''.join(json.dumps(r) + '\n' for r in records) + tail)
+    with open(os.path.join(run_dir, 'train.log'), 'w') as f:
+        f.write(log)
+
+
+def fake_run(args, run_dir, nproc):
+    """Stands in for train.py in bench.run_one: metrics whose final val loss is |log10(lr) + 2| + 1, so lr=1e-2 is
+    the best; lr=1e30 diverges as train.py did (a NaN train record, an error, exit code 1)."""
+    lr = float(next(a.split('=')[1] for a in reversed(args) if a.startswith('--learning_rate=')))
     final = abs(math.log10(lr) + 2) + 1
     records = [dict(kind='eval', iter=0, train_loss=3.0, val_loss=3.0, time_s=0.0)]
     records += [dict(kind='train', iter=i, loss=float('nan') if lr > 1 else 3 - i * (3 - final) / 4, lr=lr,
@@ -80,10 +89,8 @@ def fake_run(args, run_dir, nproc):
                      ms_factors=1.0, ms_decomp=0.5, ms_precond=1.5, peak_mem_mb=100.0 + i) for i in (1, 2, 3, 4)]
     if lr <= 1:
         records.append(dict(kind='eval', iter=4, train_loss=final, val_loss=final, time_s=0.04))
-    with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
-        f.write(''.join(json.dumps(r) + '\n' for r in records))
-    with open(os.path.join(run_dir, 'train.log'), 'w') as f:
-        f.write("FloatingPointError: training diverged: the loss is nan at iteration 1\n" if lr > 1 else "done\n")
+    write_run(run_dir, records,
+              "FloatingPointError: training diverged: the loss is nan at iteration 1\n" if lr > 1 else "done\n")
     return 1 if lr > 1 else 0
 
 
@@ -180,6 +187,52 @@ def test_parse_runs_and_tune_grid():
 def test_summary_of_a_run_that_never_started(tmp_path):
     row = bench.summarize(str(tmp_path), 1, 1.9)
     assert row['status'] == 'failed' and 'metrics.jsonl not found' in row['error']
+
+
+def train_records(losses):
+    return [dict(kind='eval', iter=0, train_loss=3.0, val_loss=3.0, time_s=0.0)] + \
+           [dict(kind='train', iter=i + 1, loss=loss, lr=1e-3, ms_per_iter=10.0, time_s=0.01 * (i + 1), peak_mem_mb=1.0)
+            for i, loss in enumerate(losses)]
+
+
+def test_summary_reads_train_pys_divergence(tmp_path):
+    """train.py stops a diverged run (a blow-up, or many skipped steps: its losses may all be finite) with a
+    {"kind": "diverged"} record, a 'training diverged:' line on stderr and a nonzero exit status: 'diverged', not
+    'failed' or 'ok', whichever of them is there. Its log's stdout may end after the stderr line."""
+    diverged = dict(kind='diverged', iter=3, reason='the loss blew up from 2.9 to 45.0')
+    write_run(tmp_path / 'both', train_records([2.9, 2.8, 45.0]) + [diverged],
+              "iter 3: loss 45.0\ntraining diverged: the loss blew up from 2.9 to 45.0 at iteration 3\n"
+              "saving nothing\n")
+    row = bench.summarize(str(tmp_path / 'both'), 1, None)
+    assert row['status'] == 'diverged' and row['error'].startswith('training diverged: the loss blew up')
+    assert row['final_val_loss'] is None and row['best_val_loss'] == 3.0 and row['iters'] == 3
+    for returncode in (1, 0):  # the record alone says it, even if the exit status does not
+        write_run(tmp_path / f'record{returncode}', train_records([2.9, 2.8]) + [diverged], "done\n")
+        row = bench.summarize(str(tmp_path / f'record{returncode}'), returncode, None)
+        assert row['status'] == 'diverged' and row['final_val_loss'] is None
+        assert row['error'] == 'training diverged: the loss blew up from 2.9 to 45.0 (iteration 3)'
+
+
+def test_torn_last_line_and_unknown_kinds_are_skipped(tmp_path):
+    """A run killed mid-write leaves half a record as the last line; records of kinds bench and plot do not draw
+    ('diverged', or any a later train.py adds) are left out of theirs. A bad line before the last is still an error."""
+    import plot
+    records = train_records([2.9, 2.7]) + [dict(kind='eval', iter=2, train_loss=2.6, val_loss=2.5, time_s=0.02),
+                                           dict(kind='lr_finder', iter=2, note='a kind from the future')]
+    write_run(tmp_path / 'torn', records, "done\n", tail='{"iter": 3, "kind": "train", "loss": 2.')
+    train, evals = plot.read_metrics(tmp_path / 'torn')
+    assert [r['iter'] for r in train] == [1, 2] and [r['iter'] for r in evals] == [0, 2]
+    row = bench.summarize(str(tmp_path / 'torn'), 0, None)
+    assert row['status'] == 'ok' and row['error'] is None and row['final_val_loss'] == 2.5 and row['iters'] == 2
+    write_run(tmp_path / 'diverged', train_records([2.9, float('nan')]) + [dict(kind='diverged', iter=2, reason='nan')],
+              "training diverged: the loss is nan\n", tail='\x00\x00\x00')
+    assert len(plot.plot_runs([tmp_path / 'torn', tmp_path / 'diverged'], tmp_path / 'plots')) == 3
+    assert_valid_pngs(tmp_path / 'plots')
+    write_run(tmp_path / 'bad', records, "done\n")
+    with open(tmp_path / 'bad' / 'metrics.jsonl', 'a') as f:
+        f.write('{"iter": 3, "kind": "tra\n' + json.dumps(records[1]) + '\n')
+    with pytest.raises(ValueError, match='line 6, is not a JSON record'):
+        plot.read_metrics(tmp_path / 'bad')
 
 
 def train_header():

@@ -6,7 +6,9 @@ import os
 import re
 import sys
 import runpy
+import json
 import pickle
+import warnings
 import shutil
 import subprocess
 import numpy as np
@@ -21,6 +23,9 @@ def script(name):
 
 def load_prepare(name):
     return runpy.run_path(script(name))['prepare']
+
+def common(name):
+    return runpy.run_path(os.path.join(REPO, 'data', 'common.py'))[name]
 
 def read_bin(path):
     return np.fromfile(path, dtype=np.uint16)
@@ -46,9 +51,10 @@ def gpt2(mirror):
 
 def test_shakespeare_char_counts_vocab_and_val_roundtrip(text, tmp_path):
     load_prepare('shakespeare_char')(out_dir=str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ['meta.pkl', 'train.bin', 'val.bin'] # no temp files left behind
-    with open(tmp_path / 'meta.pkl', 'rb') as f:
-        meta = pickle.load(f)
+    assert sorted(os.listdir(tmp_path)) == ['meta.json', 'train.bin', 'val.bin'] # no temp files left behind
+    with open(tmp_path / 'meta.json', encoding='utf-8') as f:
+        assert json.load(f)['vocab_size'] == 65 # plain JSON, readable without our code
+    meta = common('load_meta')(str(tmp_path))
     assert meta['vocab_size'] == len(meta['itos']) == len(meta['stoi']) == 65
     train, val = read_bin(tmp_path / 'train.bin'), read_bin(tmp_path / 'val.bin')
     assert (len(train), len(val)) == (1_003_854, 111_540)
@@ -60,7 +66,7 @@ def test_shakespeare_char_counts_vocab_and_val_roundtrip(text, tmp_path):
 
 def test_shakespeare_bpe_counts_and_val_roundtrip(text, gpt2, tmp_path):
     load_prepare('shakespeare')(out_dir=str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ['train.bin', 'val.bin'] # no meta.pkl: GPT-2 BPE is assumed
+    assert sorted(os.listdir(tmp_path)) == ['train.bin', 'val.bin'] # no meta.json: GPT-2 BPE is assumed
     train, val = read_bin(tmp_path / 'train.bin'), read_bin(tmp_path / 'val.bin')
     assert (len(train), len(val)) == (301_966, 36_059)
     assert os.path.getsize(tmp_path / 'val.bin') == 2 * len(val) # uint16 on disk
@@ -139,7 +145,7 @@ def test_corrupt_tiktoken_file_is_an_error_and_mirror_untouched(mirror, tmp_path
     assert broken.exists() # not deleted to be re-downloaded into the mirror, as tiktoken itself would
 
 def test_write_atomic_leaves_no_partial_file(tmp_path):
-    write_atomic = runpy.run_path(os.path.join(REPO, 'data', 'common.py'))['write_atomic']
+    write_atomic = common('write_atomic')
     path = tmp_path / 'train.bin'
     def interrupted(tmp):
         np.arange(10, dtype=np.uint16).tofile(tmp)
@@ -153,3 +159,49 @@ def test_write_atomic_leaves_no_partial_file(tmp_path):
     assert os.listdir(tmp_path) == ['train.bin'] and path.read_bytes() == b'old'
     write_atomic(str(path), np.arange(3, dtype=np.uint16).tofile)
     assert read_bin(path).tolist() == [0, 1, 2]
+
+CHARS = ['\n', ' ', 'a', 'b', 'é']
+
+def write_pickle_meta(folder, obj):
+    with open(folder / 'meta.pkl', 'wb') as f:
+        pickle.dump(obj, f)
+
+def test_meta_json_roundtrip_and_no_meta_is_bpe(tmp_path):
+    assert common('load_meta')(str(tmp_path)) is None # no meta at all: a GPT-2 BPE set
+    common('write_meta')(str(tmp_path), CHARS)
+    meta = common('load_meta')(str(tmp_path))
+    assert meta == {'vocab_size': 5, 'itos': dict(enumerate(CHARS)), 'stoi': {c: i for i, c in enumerate(CHARS)}}
+
+def test_load_meta_refuses_an_old_meta_pkl_by_default(tmp_path):
+    write_pickle_meta(tmp_path, {'vocab_size': 5, 'itos': dict(enumerate(CHARS)), 'stoi': {}})
+    with pytest.raises(RuntimeError, match='allow_pickle_meta'):
+        common('load_meta')(str(tmp_path))
+    assert not (tmp_path / 'meta.json').exists()
+
+def test_allow_pickle_meta_converts_it_to_meta_json_with_a_warning(tmp_path):
+    write_pickle_meta(tmp_path, {'vocab_size': 5, 'itos': dict(enumerate(CHARS)), 'stoi': {}})
+    with pytest.warns(UserWarning, match='unpickling'):
+        meta = common('load_meta')(str(tmp_path), allow_pickle_meta=True)
+    assert meta['itos'] == dict(enumerate(CHARS)) and meta['stoi']['é'] == 4
+    assert (tmp_path / 'meta.json').exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error') # from now on meta.json is read, the pickle never again
+        assert common('load_meta')(str(tmp_path)) == meta
+
+class Payload:
+    """Unpickling an instance writes the marker file (exec of a line of code): what a crafted meta.pkl can do."""
+    def __init__(self, marker):
+        self.code = f"open({str(marker)!r}, 'w').write('ran')"
+    def __reduce__(self):
+        return exec, (self.code,)
+
+def test_crafted_meta_pkl_is_not_run_by_default(tmp_path):
+    marker = tmp_path / 'pwned'
+    write_pickle_meta(tmp_path, Payload(marker))
+    with pytest.raises(RuntimeError, match='allow_pickle_meta'):
+        common('load_meta')(str(tmp_path))
+    assert not marker.exists()
+    # the payload is live: the flag (which says "I trust this file") runs it, then finds no vocabulary in it
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match='corrupt'):
+        common('load_meta')(str(tmp_path), allow_pickle_meta=True)
+    assert marker.read_text() == 'ran'

@@ -1,7 +1,7 @@
 """
 Prepare the tiny Shakespeare dataset with GPT-2's BPE tokenizer (tiktoken): splits the text 90/10 by characters
 and writes train.bin and val.bin (np.uint16 ids) to out_dir. Expected: 301,966 train and 36,059 val tokens.
-No meta.pkl: train.py and sample.py then assume GPT-2 BPE (vocab 50257, padded to 50304 in the model).
+No meta.json: train.py and sample.py then assume GPT-2 BPE (vocab 50257, padded to 50304 in the model).
 Set NANOFISHER_DATA_MIRROR to read the text and the BPE files from a local mirror instead of downloading them.
 """
 import os

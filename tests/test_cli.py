@@ -1,0 +1,50 @@
+"""Every script's --help: its usage (the module docstring, and for the configurator's scripts the config keys with
+their defaults and comments) on stdout, exit status 0, no traceback."""
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# train.py, sample.py and fisher_quality.py (the configurator's) are tested below, with their keys
+SCRIPTS = ['bench.py', 'plot.py', 'bench_attention.py', 'bench_ddp.py', 'kernels/bench.py',
+           'data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py', 'data/openwebtext/prepare.py',
+           'data/fineweb10B/prepare.py']
+
+
+def help_of(script, flag='--help'):
+    # kernels/bench.py imports the kernels package: it runs as a module, as its docstring says
+    command = ['-m', 'kernels.bench'] if script == 'kernels/bench.py' else [os.path.join(REPO, script)]
+    result = subprocess.run([sys.executable, *command, flag], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=120)
+    assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_help_prints_usage_and_exits_0(script):
+    with open(os.path.join(REPO, script)) as f:
+        first_line = ast.get_docstring(ast.parse(f.read())).splitlines()[0]
+    assert first_line in help_of(script)
+
+
+@pytest.mark.parametrize('flag', ['-h', '--help'])
+def test_train_help_lists_config_keys_with_defaults_and_comments(flag):
+    out = help_of('train.py', flag)
+    assert out.startswith('Trains a GPT')  # train.py's docstring, not the configurator's
+    lines = out.splitlines()
+    damping = next(line for line in lines if line.strip().startswith('damping = '))
+    assert '0.001' in damping and '# λ of the damped inverse' in damping
+    assert any(line.strip().startswith('kl_clip = None') and 'None disables' in line for line in lines)
+    assert not any(line.strip().startswith(('here = ', 'config_keys = ')) for line in lines)  # internal names
+
+
+def test_sample_and_fisher_quality_help_list_their_keys():
+    out = help_of('sample.py')
+    assert any(line.strip().startswith('allow_pickle_meta = False  # ') for line in out.splitlines())
+    assert out.startswith('Samples from a model')
+    out = help_of('fisher_quality.py', '-h')
+    assert out.startswith('How close is each optimizer')
+    assert any(line.strip().startswith('ng_iters = 30') and '# ' in line for line in out.splitlines())
