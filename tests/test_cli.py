@@ -48,3 +48,14 @@ def test_sample_and_fisher_quality_help_list_their_keys():
     out = help_of('fisher_quality.py', '-h')
     assert out.startswith('How close is each optimizer')
     assert any(line.strip().startswith('ng_iters = 30') and '# ' in line for line in out.splitlines())
+
+
+def test_requirements_pin_what_is_installed():
+    """Every requirement is pinned (==), and the installed version is the pinned one (a fresh install from
+    requirements.txt runs what the suite was run with; torch's local build tag, +cpu or +cu128, aside)."""
+    from importlib.metadata import version
+    pins = [line.split('#')[0].strip() for line in open(os.path.join(REPO, 'requirements.txt'))]
+    pins = [p for p in pins if p]
+    assert pins and all('==' in p for p in pins), [p for p in pins if '==' not in p]
+    for name, pinned in (p.split('==') for p in pins):
+        assert version(name).split('+')[0] == pinned, f"{name}: installed {version(name)}, pinned {pinned}"

@@ -192,14 +192,15 @@ def test_torchrun_config_error_is_said_once_by_rank_zero(tiny_data, tmp_path):
 
 
 def test_train_docstrings_torchrun_example_runs(tmp_path):
-    """The torchrun line of train.py's docstring, as written, for 2 iterations on the tiny Shakespeare of the
-    mirror."""
+    """The torchrun line of train.py's docstring (README's too), as written, for 2 iterations on the tiny
+    Shakespeare of the mirror."""
     mirror = os.environ.get('NANOFISHER_DATA_MIRROR') or os.path.join(REPO, '..', 'shared', 'data')
     if not os.path.isfile(os.path.join(mirror, 'tinyshakespeare.txt')):
         pytest.skip(f"no data mirror at {mirror}")
     doc = open(os.path.join(REPO, 'train.py')).read().split('"""')[1]
     example = next(line for line in doc.splitlines() if line.startswith('$ torchrun')).split()[2:]
     assert example[:3] == ['--standalone', '--nproc_per_node=2', 'train.py']
+    assert ' '.join(['torchrun', *example]) in open(os.path.join(REPO, 'README.md')).read()  # README's, the same
     result = run('train.py', *example[3:], '--max_iters=2', '--eval_interval=2', '--eval_iters=2',
                  f'--data_dir={tmp_path / "data"}', f'--out_dir={tmp_path / "out"}', torchrun=2,
                  env={'NANOFISHER_DATA_MIRROR': mirror})
