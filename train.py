@@ -345,19 +345,25 @@ if ddp:
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over the same eval_iters batches of each split at every evaluation, spread over the ranks."""
+    """Mean loss over the same eval_iters batches of each split at every evaluation, spread over the ranks, and its
+    standard error over the batches, sd / sqrt(eval_iters): how much of a difference between runs is evaluation
+    noise."""
     out = {}
     eval_model.eval()
     for split in ['train', 'val']:
-        total = torch.zeros(2, device=device)  # (sum of losses, count)
+        # (sum of losses, of their squares, count); MPS has no float64
+        total = torch.zeros(3, device=device, dtype=torch.float32 if device.startswith('mps') else torch.float64)
         for k in range(ddp_rank, eval_iters, ddp_world_size):
             X, Y = get_batch(split, 1, k)
             with ctx:
                 _, loss = eval_model(X, Y)
-            total += torch.stack([loss.float(), torch.ones((), device=device)])
+            loss = loss.to(total.dtype)
+            total += torch.stack([loss, loss * loss, torch.ones_like(loss)])
         if ddp:
             dist.all_reduce(total)
-        out[split] = (total[0] / total[1]).item()
+        mean, n = total[0] / total[2], total[2]
+        out[split] = mean.item()
+        out[f'{split}_se'] = ((total[1] / n - mean * mean).clamp_min(0) / (n - 1).clamp_min(1)).sqrt().item()
     eval_model.train()
     return out
 
@@ -474,7 +480,7 @@ while True:
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             log_metrics(dict(iter=iter_num, kind='eval', train_loss=losses['train'], val_loss=losses['val'],
-                             time_s=train_time_s))
+                             val_loss_se=losses['val_se'], train_loss_se=losses['train_se'], time_s=train_time_s))
         last_val = losses['val']
         if not eval_only:
             # a checkpoint only of a healthy model: finite weights, and a val loss finite and within

@@ -167,3 +167,15 @@ def test_first_use_prepares_shakespeare_char(tmp_path):
         '--eval_only=True', env={'NANOFISHER_DATA_MIRROR': MIRROR})
     assert os.path.getsize(data_dir / 'train.bin') == 2 * 1_003_854
     assert records(tmp_path / 'out', 'eval')[0]['val_loss'] == pytest.approx(np.log(65), abs=0.1)
+
+
+def test_eval_reports_the_standard_error_of_its_batches(tiny_data, tmp_path):
+    """val_loss_se = sd of the eval_iters batch losses / sqrt(eval_iters): 0 for one batch, and about halved by 4x
+    the batches (the same model: eval_only on the checkpoint)."""
+    train(tiny_data, tmp_path, '--max_iters=4', '--eval_interval=4')
+    se = {}
+    for n in (1, 8, 32):
+        train(tiny_data, tmp_path, '--init_from=resume', '--eval_only=True', f'--eval_iters={n}')
+        se[n] = records(tmp_path, 'eval')[-1]['val_loss_se']
+    assert se[1] == 0 and 0 < se[32] < se[8] < records(tmp_path, 'eval')[-1]['val_loss']
+    assert 1.3 < se[8] / se[32] < 3.5  # sqrt(4) = 2, up to the spread of an estimated sd
