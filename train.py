@@ -429,8 +429,10 @@ def stop_diverged(reason):
     """A diverged run stops here: logged, said as the last line, exit status 3; the last checkpoint stays as it was."""
     if master_process:
         log_metrics(dict(iter=iter_num, kind='diverged', reason=reason))
-        print(f"training diverged: {reason} (the checkpoint in {out_dir} is left as it was; try a smaller "
-              f"learning_rate or a larger damping)", file=sys.stderr)
+        kept = f"{out_dir}/ckpt.pt is left as it was" if os.path.exists(os.path.join(out_dir, 'ckpt.pt')) else \
+            "no checkpoint was written"
+        print(f"training diverged: {reason} ({kept}; try a smaller learning_rate or a larger damping)",
+              file=sys.stderr)
     if ddp:
         dist.destroy_process_group()
     sys.exit(3)
