@@ -150,7 +150,6 @@ if ddp:
                      f"--gradient_accumulation_steps={ddp_world_size * max(1, gradient_accumulation_steps // ddp_world_size)})")
     use_cuda = device.startswith('cuda')
     dist.init_process_group(backend=backend or ('nccl' if use_cuda else 'gloo'), timeout=timedelta(seconds=ddp_timeout_s))
-    monitor_group = dist.new_group(backend='gloo')  # names the ranks that stop answering (monitored_barrier)
     if use_cuda:
         device = f'cuda:{ddp_local_rank}'
         torch.cuda.set_device(device)
@@ -158,17 +157,24 @@ if ddp:
     gradient_accumulation_steps //= ddp_world_size
 
     def report_stalled_ranks(kind, error, tb):
-        """A collective that timed out: ask every rank to check in (gloo's monitored_barrier) and name those that
-        do not, as the last line, instead of a bare gloo/nccl timeout."""
-        if isinstance(error, RuntimeError) and 'timed out' in str(error).lower():
+        """A collective that timed out: every rank that is still alive checks in at torchrun's key-value store (it
+        outlives the broken process group), and the ranks that do not are named, as the last line."""
+        if isinstance(error, RuntimeError) and ('timed out' in str(error).lower() or 'timeout' in str(error).lower()):
+            prefix = f"nanofisher/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/alive/"
             try:
-                dist.monitored_barrier(group=monitor_group, timeout=timedelta(seconds=min(10, ddp_timeout_s)),
-                                     wait_all_ranks=True)
-                late = 'none (the stalled rank recovered)'
-            except RuntimeError as e:
-                late = str(e).split(']: ', 1)[-1]
-            print(f"rank {ddp_rank}: a collective timed out after ddp_timeout_s={ddp_timeout_s}: {late}; "
-                  f"see that rank's output (stalled, killed or out of memory)", file=sys.stderr)
+                store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False,
+                                      timeout=timedelta(seconds=10))
+                store.set(prefix + str(ddp_rank), '1')
+                deadline = time.time() + min(10, ddp_timeout_s)
+                late = list(range(ddp_world_size))
+                while late and time.time() < deadline:
+                    late = [r for r in late if not store.check([prefix + str(r)])]
+                    time.sleep(0.2)
+                late = f"rank(s) {', '.join(map(str, late))} did not answer" if late else "every rank answers now"
+            except (RuntimeError, KeyError, ValueError) as e:
+                late = f"the ranks could not be asked ({e})"
+            print(f"rank {ddp_rank}: a collective timed out after ddp_timeout_s={ddp_timeout_s}; {late} "
+                  f"(stalled, killed or out of memory: see that rank's output)", file=sys.stderr)
             os._exit(1)
         sys.__excepthook__(kind, error, tb)
     sys.excepthook = report_stalled_ranks
