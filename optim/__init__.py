@@ -14,6 +14,7 @@ from optim.ief import IEF, IEKFAC
 from optim.kfac import KFAC
 from optim.kpsvd import KFACCorrected, KPSVD
 from optim.muon import muon
+from optim.psgd import psgd
 from optim.soap import soap
 
 OPTIMIZERS = {
@@ -29,6 +30,7 @@ OPTIMIZERS = {
     'dykaf': DyKAF,
     'muon': muon,  # baselines a user would pick instead of a Kronecker method
     'soap': soap,
+    'psgd': psgd,
 }
 
 

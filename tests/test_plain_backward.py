@@ -18,7 +18,7 @@ from test_optim_kronecker import batch, tiny_gpt  # the tiny GPT and helpers the
 # steps 0, 2, 4 update factors, 0 and 2 decompose (iEF: every step); KL clip and grafting on, to reach their code
 CFG = dict(lr=0.02, momentum=0.9, weight_decay=0.1, kl_clip=1e-2, grafting='adam', factor_decay=0.9,
            factor_update_freq=2, inv_update_freq=2, damping=1e-2)
-HOOKED = [name for name in OPTIMIZERS if name not in ('adamw', 'muon', 'soap', 'dykaf')]  # factors from hooks
+HOOKED = [name for name in OPTIMIZERS if name not in ('adamw', 'muon', 'soap', 'psgd', 'dykaf')]  # factors from hooks
 SAMPLED = [name for name in HOOKED if name != 'ief']  # iEF takes fisher='empirical' only
 
 

@@ -1,0 +1,41 @@
+# adamw_small's model, data and schedule, trained with KPSVD (optim/kpsvd.py): the Kronecker product
+# nearest in Frobenius norm to each layer's Fisher block, by power iteration on the per-token rows.
+# Untuned: kfac_small's settings (relative damping 1e-1, grafting to AdamW's step, its learning rate);
+# a later study tunes every optimizer on its grid.
+
+out_dir = 'out-kpsvd-small'
+eval_interval = 250
+eval_iters = 20
+log_interval = 10
+always_save_checkpoint = False
+
+dataset = 'shakespeare_char'
+gradient_accumulation_steps = 1
+batch_size = 12
+block_size = 64
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+
+optimizer = 'kpsvd'
+damping_mode = 'relative'  # lambda times the layer's mean eigenvalue of A(x)G: one lambda fits every layer
+damping = 1e-1
+grafting = 'adam'  # each layer's Kronecker direction, at the length of AdamW's update
+kl_clip = None  # grafting sets the step length; the KL clip would shrink almost every step
+momentum = 0.9
+factor_decay = 0.95
+factor_update_freq = 10
+inv_update_freq = 10
+eigen_refresh = 'eigh'
+
+learning_rate = 1e-3  # untuned: KFAC's config's (AdamW's lr: grafting gives each layer AdamW's step length)
+max_iters = 2000
+lr_decay_iters = 2000
+min_lr = 1e-4
+beta2 = 0.99  # the AdamW part and the grafting norm
+warmup_iters = 100
+
+device = 'cpu'
+compile = False
