@@ -1,12 +1,13 @@
 """
 Optimizer-vs-optimizer runs on one config: each run is `python train.py CONFIG ... --out_dir=OUT/<run>`, exactly
 what a user would type, with the same seed, data order (data_seed) and token budget (max_iters), then a table of
-results in OUT/results.md and OUT/results.json, and plots (plot.py) of the runs in OUT.
+results in results.md and results.json, and plots (plot.py) of the runs.
 
 $ python bench.py config/bench/compare_small.py            # a study file: the README's results
 $ python bench.py config/ablations/damping.py --max_iters=100   # an ablation, shortened from the command line
 $ python bench.py config/adamw_small.py --optimizers=adamw,muon,fixed_fisher --max_iters=500 --out_dir=out-bench
 $ python bench.py config/adamw_small.py --runs="kfac:damping=1e-2;kfac:damping=1e-3" --tune lr=3e-4,1e-3,3e-3
+$ python bench.py config/adamw_small.py --optimizers=adamw,muon --seeds=1337,1,2 --reference=adamw --ladder=adamw
 
 bench.py's own arguments; everything else (config files, --key=value) goes to every run's train.py as written:
   --optimizers=a,b,...   one run per optimizer: --optimizer=a
@@ -18,57 +19,120 @@ bench.py's own arguments; everything else (config files, --key=value) goes to ev
                          no optimizer is compared untuned; KEY is a train.py global (lr means learning_rate);
                          several --tune give the product grid; an optimizer knob is tuned only for the
                          optimizers that take it (--tune damping=... leaves AdamW's runs alone)
+  --max_grid_extensions=2  a numeric grid axis (every value a positive number) is a log grid: where a run's best
+                         point has that axis at the lowest or highest value tried, one point more is run one step
+                         further out along that axis only (the other axes at the best point's values; the step is
+                         the ratio of the two outermost values on that side: 1e-3,3e-3,1e-2 with the best at 1e-2
+                         adds 3.33e-2), and again, at most this many rounds; a best still on an edge is flagged
+                         (the table's 'edge' column). An axis of integers stays one (the new value rounded)
+  --tune_iters=N         tune on runs of N iterations (max_iters = lr_decay_iters = N: a whole schedule), then run
+                         the best point at the full length; unset, the grid runs at the full length
+  --seeds=1337,1,2       each run is tuned at the first seed only (--seed=s --data_seed=s: initialisation, dropout
+                         and batch order), then its best point repeated at each further seed; the table has the
+                         mean, sd and 95% interval of the final val loss over the seeds. Unset: one run per grid
+                         point at the config's seed, as before
+  --reference=RUN        a run's name: every run's final val loss minus RUN's, seed by seed (a paired difference)
+  --ladder=RUN --ladder_budgets=1,2,4   speedup as Wen et al. (2025) measure it: RUN's best point is also run at
+                         each budget (max_iters and lr_decay_iters times it, warmup the same; every seed), and each
+                         run's speedup is the tokens (training seconds) RUN's ladder needs to reach its final val
+                         loss over its own tokens (seconds): see speedup()
   --target_loss=1.9      steps and training seconds to the first evaluation at or below this val loss; a run's
-                         name instead (--target_loss=adamw_small) means that run's final val loss (its best trial's)
-  --out_dir=out-bench    the root: OUT/<run>/ (train.py's out_dir, and train.log, its output), results, plots
+                         name instead (--target_loss=adamw_small) means that run's final val loss (its best point's,
+                         the mean over the seeds)
+  --out_dir=out-bench    the root: OUT/<run>/ (train.py's out_dir: checkpoints and train.log, its output), and
+                         without a results_dir the results and plots
+  --results_dir=DIR      results.md, results.json and the plots go to DIR, and each run's records (bench.json,
+                         metrics.jsonl, config.json and the last 50 lines of train.log; no checkpoint) to
+                         DIR/runs/<run>/ when it ends, where a later bench.py (another machine, an empty OUT) reads a
+                         finished run instead of rerunning it. A study file's default: results/<study>
+                         (results/ablations/<study> for config/ablations/), relative to the current folder;
+                         --results_dir= (empty) turns it off
   --nproc=1              ranks per run: above 1, each run goes under torchrun --standalone --nproc_per_node=N
   --jobs=1               runs at a time (each its own process: with OMP_NUM_THREADS=1, one per core)
-  --rerun=False          a run that already ran to its end in OUT with the same arguments (OUT/<run>/bench.json)
-                         is read, not run again: extend a grid or add runs and only they run; True reruns all
+  --rerun=False          a run that already ran to its end with the same arguments (OUT/<run>/bench.json, or
+                         DIR/runs/<run>/bench.json) is read, not run again: extend a grid or add runs and only they
+                         run; True reruns all
 
 A study file (config/bench/*.py, config/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
-target_loss, out_dir, jobs, nproc. Arguments on the command line come after the file's: shared train.py
-arguments are appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
+target_loss, out_dir, jobs, nproc, seeds, reference, max_grid_extensions, ladder, ladder_budgets, tune_iters and
+results_dir (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
+appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
 
 A run's name is its optimizer (or config file) and overrides ("kfac damping=1e-2 learning_rate=1e-3"), its folder
-the same with '_' for ' '. A run that train.py stops as diverged (a {"kind": "diverged"} record in its metrics.jsonl,
-a 'training diverged:' line in its log) or whose loss turns NaN or inf is 'diverged', one that exits with an error
-otherwise 'failed'; the others go on. Times are train.py's: time_s is training time (evaluation left out),
-the ms columns are medians over the train records of ms/iter and of the parts the run logs (train.py: ms_fwd_bwd,
-ms_step and peak_mem_mb; the Kronecker optimizers: ms_factors, ms_decomp, ms_precond; they overlap: the factor
-hooks run in the backward, decompositions and preconditioning in the step); '—' where a run has none. Runs at the
-same time (--jobs above 1) share the machine: compare their times only with each other.
+the same with '_' for ' '; with seeds a trial's name ends in seed=S, a shortened tuning trial's in max_iters=N, a
+ladder trial's in tokens=Kx. A run that train.py stops as diverged (a {"kind": "diverged"} record in its
+metrics.jsonl, a 'training diverged:' line in its log) or whose loss turns NaN or inf is 'diverged', one that exits
+with an error otherwise 'failed'; the others go on. Times are train.py's: time_s is training time (evaluation left
+out), the ms columns are medians over the train records of ms/iter and of the parts the run logs (train.py:
+ms_fwd_bwd, ms_step and peak_mem_mb; the Kronecker optimizers: ms_factors, ms_decomp, ms_precond; they overlap: the
+factor hooks run in the backward, decompositions and preconditioning in the step); '—' where a run has none. Runs
+at the same time (--jobs above 1) share the machine: compare their times only with each other.
 
-results.json: {"rows": the table's runs (each spec's best trial), "trials": every run, "train_args",
-"target_loss"}; a run has name, trial, optimizer, overrides, tuned, status, error, final_val_loss, best_val_loss,
-final_train_loss, steps_to_target, seconds_to_target, iters, tokens, time_s, the ms keys, peak_mem_mb, out_dir,
-returncode, wall_s (null where unknown or reused) and reused.
+results.json: {"rows": the table's runs (each spec at its best point), "trials": every run, "train_args",
+"target_loss", "seeds", "reference", "tune_iters", "max_grid_extensions", "ladder": null or {name, budgets, seeds:
+[{seed, tokens, final_val_losses, seconds, monotone}]}}. A trial has name, trial, optimizer, overrides, tuned (its
+grid point), seed, status, error, final_val_loss, best_val_loss, final_train_loss, val_loss_se (its final
+evaluation's), steps_to_target, seconds_to_target, iters, tokens, time_s, the ms keys, peak_mem_mb, out_dir (the
+folder its records were read from: OUT/<run>, or DIR/runs/<run> for a run read from there), returncode, wall_s
+(null where unknown or reused) and reused. A row has its first seed's full-length trial's keys (tuned: the best
+point; status and error: the first seed's that did not end well, 'pending' for one not run yet) and
+  grid                    {axis: every value tried}; edge: the axes whose best is still on the grid's edge
+  seeds, final_val_losses the seeds (null: the config's) and each one's final val loss (null: diverged or failed),
+                          out_dirs their folders
+  final_val_loss_mean, final_val_loss_sd, final_val_loss_ci95   over the seeds: sd with n − 1, the interval
+                          mean ± t(0.975, n − 1) sd / √n; null where a seed has none (a diverged seed makes no
+                          smaller sample), sd and interval null with one seed
+  val_loss_se             the mean over the seeds of the final evaluation's standard error (train.py: the sd of
+                          the eval_iters batch losses / √eval_iters): evaluation noise, against the seeds' sd
+  diff_to_reference_mean, diff_to_reference_ci95   per seed this row's final − the reference's, then mean and
+                          interval as above (null without a reference)
+  speedup_tokens, speedup_seconds, speedup_tokens_ci95, speedup_seconds_ci95, speedup_tokens_per_seed,
+  speedup_seconds_per_seed, speedup_beyond   the mean and interval over the seeds of speedup(); a seed outside the
+                          ladder counts at its bound: speedup_beyond '>' (some seed beats the largest budget: the mean
+                          is a lower bound, no interval), '<' (some seed is worse than the 1× run: an upper bound),
+                          '<>' (both: no mean); null without a ladder
 """
 
 import inspect
 import itertools
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
 
+from scipy import stats
 from tqdm import tqdm
 
 from plot import BREAKDOWN, finite, median_ms, plot_runs, read_records
 
 here = os.path.dirname(os.path.abspath(__file__))
 ALIASES = {'lr': 'learning_rate'}  # --tune lr=... is the peak learning rate
+STUDY_KEYS = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc', 'seeds', 'reference',
+              'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir'}
+LOG_TAIL = 50  # lines of train.log that summarize reads, and that DIR/runs/<run>/ keeps
 
-# results.md's columns: (header, results.json key, format)
-COLUMNS = [('run', 'name', '{}'), ('tuned', 'tuned', '{}'), ('status', 'status', '{}'),
-           ('final val', 'final_val_loss', '{:.4f}'), ('best val', 'best_val_loss', '{:.4f}'),
-           ('steps to {target}', 'steps_to_target', '{:,}'), ('s to {target}', 'seconds_to_target', '{:.1f}'),
-           ('iters', 'iters', '{:,}'), ('train s', 'time_s', '{:.1f}'),
-           *[(('ms/iter' if key == 'ms_per_iter' else part), key, '{:.1f}') for key, part in BREAKDOWN],
-           ('peak MB', 'peak_mem_mb', '{:,.0f}')]
+# results.md's columns: (header, results.json key, format), in groups; the optional ones are shown when the study
+# has a grid, seeds, a reference or a ladder
+NAME_COLUMNS = [('run', 'name', '{}'), ('tuned{at_seed}', 'tuned', '{}')]
+GRID_COLUMNS = [('grid', 'grid', '{}'), ('edge', 'edge', '{}')]
+LOSS_COLUMNS = [('status', 'status', '{}'), ('final val', 'final_val_loss_mean', '{:.4f}')]
+SEED_COLUMNS = [('± sd', 'final_val_loss_sd', '{:.4f}'), ('95% CI', 'final_val_loss_ci95', '{:.4f}'),
+                ('eval se', 'val_loss_se', '{:.4f}')]
+REFERENCE_COLUMNS = [('Δ {reference}', 'diff_to_reference_mean', '{:+.4f}'),
+                     ('Δ 95% CI', 'diff_to_reference_ci95', '{:+.4f}')]
+LADDER_COLUMNS = [('× tokens', 'speedup_tokens', '{:.2f}×'), ('× tokens 95% CI', 'speedup_tokens_ci95', '{:.2f}'),
+                  ('× seconds', 'speedup_seconds', '{:.2f}×'),
+                  ('× seconds 95% CI', 'speedup_seconds_ci95', '{:.2f}')]
+RUN_COLUMNS = [('best val', 'best_val_loss', '{:.4f}'),
+               ('steps to {target}', 'steps_to_target', '{:,}'), ('s to {target}', 'seconds_to_target', '{:.1f}'),
+               ('iters', 'iters', '{:,}'), ('train s', 'time_s', '{:.1f}'),
+               *[(('ms/iter' if key == 'ms_per_iter' else part), key, '{:.1f}') for key, part in BREAKDOWN],
+               ('peak MB', 'peak_mem_mb', '{:,.0f}')]
 
 
 def parse_pairs(text, what):
@@ -89,6 +153,20 @@ def parse_runs(optimizers, runs):
         name, _, overrides = item.partition(':')
         specs.append((name.strip(), parse_pairs(overrides, f"--runs item {item!r}")))
     return specs
+
+
+def run_name(spec, overrides):
+    """'kfac_small damping=1e-2': the spec (a config file by its name) and its overrides."""
+    name = os.path.basename(spec)[:-3] if spec.endswith('.py') else spec
+    return ' '.join([name] + [f'{k}={v}' for k, v in overrides])
+
+
+def numbers(value, kind):
+    """[1337, 1, 2] from a study file's list or the command line's '1337,1,2'; None stays None."""
+    if value is None:
+        return None
+    items = value.split(',') if isinstance(value, str) else value
+    return [kind(v) for v in items if str(v).strip()]
 
 
 def read_py(path):
@@ -132,10 +210,99 @@ def tuned_here(optimizer, key):
     return key not in knobs or key in inspect.signature(OPTIMIZERS[optimizer]).parameters
 
 
+def axis_values(points, axis):
+    """The values a row's grid points have on one axis, in numeric order where they are numbers, else as tried."""
+    values = list(dict.fromkeys(point[axis][1] for point in points))
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return values
+
+
+def edges(points, best):
+    """[(axis, outer, inner)]: each numeric axis of a row's grid (at least two values tried, every one a positive
+    number: a log grid) whose lowest or highest value the best point has, that value and its neighbour."""
+    found = []
+    for axis, (_, value) in enumerate(best):
+        try:
+            values = [float(v) for v in axis_values(points, axis)]
+        except ValueError:
+            continue  # a word ('sampled'): no order to extend
+        if len(values) >= 2 and values[0] > 0 and float(value) in (values[0], values[-1]):
+            outer = float(value)
+            found.append((axis, outer, values[1] if outer == values[0] else values[-2]))
+    return found
+
+
+def grid_value(x):
+    """3.3333e-4 -> '3.33e-4': a new grid value, written as grids are."""
+    mantissa, exponent = f'{x:.2e}'.split('e')
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def beyond_edges(points, best):
+    """The points one step beyond each edge of the grid that best lies on (edges), along that axis only, the others
+    at best's values. The step of a log grid is the ratio of its two outermost values on that side: outer² / inner
+    (1e-3,3e-3,1e-2 with the best at 1e-3: 3.33e-4). An axis of integers stays one (the value rounded; none if
+    that integer was tried already)."""
+    new = []
+    for axis, outer, inner in edges(points, best):
+        tried = [point[axis][1] for point in points]
+        x = outer * outer / inner
+        if all(v.isdigit() for v in tried):
+            if round(x) <= 0 or str(round(x)) in tried:
+                continue
+            value = str(round(x))
+        else:
+            value = grid_value(x)
+        new.append([(best[axis][0], value) if i == axis else pair for i, pair in enumerate(best)])
+    return new
+
+
+def mean_sd_ci(values):
+    """(mean, sd, [low, high]) of values (one per seed): sd with n − 1, the 95% interval mean ± t sd / √n with t
+    Student's 0.975 quantile at n − 1 degrees of freedom (the seeds are few); sd and interval None for one value;
+    all None if a value is None: a diverged seed is a missing result, not a smaller sample."""
+    if not values or any(v is None for v in values):
+        return None, None, None
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return mean, sd, [mean - half, mean + half]
+
+
+def speedup(ladder, loss, tokens, seconds):
+    """(× tokens, × seconds, beyond) of a run that ended at val loss `loss` after `tokens` and `seconds` of
+    training, against ladder: [(tokens, final val loss, seconds)] of the reference run at growing budgets, each a
+    whole schedule (Wen et al. 2025). Between two budgets the ladder's loss is linear in log tokens; it uses the
+    running minimum of the losses, so that more tokens never do worse. The tokens it needs to reach `loss`, over
+    the run's tokens, is the speedup in tokens; its seconds at the same point (linear in log tokens the same way),
+    over the run's seconds, the speedup in time. Outside the ladder, the bound and beyond: '>' (the run ends below
+    the largest budget's loss) with the largest budget's tokens and seconds, '<' (above the smallest's) with the
+    smallest's; beyond None inside."""
+    ladder = sorted(ladder)
+    floor = list(itertools.accumulate((x for _, x, _ in ladder), min))
+    if loss > floor[0]:  # worse than the smallest budget: it would need fewer tokens than that
+        return ladder[0][0] / tokens, ladder[0][2] / seconds, '<'
+    if loss < floor[-1]:  # better than the largest: more tokens than that
+        return ladder[-1][0] / tokens, ladder[-1][2] / seconds, '>'
+    k = next(i for i, x in enumerate(floor) if x <= loss)  # the first budget that reaches loss
+    if k == 0:
+        return ladder[0][0] / tokens, ladder[0][2] / seconds, None
+    # floor[k - 1] > loss >= floor[k]: the fraction f of the way from budget k - 1 to k; linear in log tokens is
+    # log need = log t0 + f (log t1 - log t0), i.e. need = t0 (t1 / t0)^f
+    (t0, _, s0), (t1, _, s1) = ladder[k - 1], ladder[k]
+    f = (floor[k - 1] - loss) / (floor[k - 1] - floor[k])
+    return t0 * (t1 / t0) ** f / tokens, (s0 + f * (s1 - s0)) / seconds, None
+
+
 def summarize(run_dir, returncode, target_loss):
     """One row of the table from a finished run's metrics.jsonl, config.json and train.log."""
     row = dict(status='ok', error=None, final_val_loss=None, best_val_loss=None, final_train_loss=None,
-               steps_to_target=None, seconds_to_target=None, iters=None, tokens=None, time_s=None,
+               val_loss_se=None, steps_to_target=None, seconds_to_target=None, iters=None, tokens=None, time_s=None,
                peak_mem_mb=None, **{key: None for key, _ in BREAKDOWN})
     log = os.path.join(run_dir, 'train.log')
     lines = open(log, errors='replace').read().strip().splitlines() if os.path.exists(log) else []
@@ -145,7 +312,7 @@ def summarize(run_dir, returncode, target_loss):
         records, row['error'] = [], str(e)
     train, evals = [r for r in records if r.get('kind') == 'train'], [r for r in records if r.get('kind') == 'eval']
     diverged = [r for r in records if r.get('kind') == 'diverged']
-    said = [line for line in lines[-50:] if 'training diverged:' in line]  # train.py's words (or its traceback's)
+    said = [line for line in lines[-LOG_TAIL:] if 'training diverged:' in line]  # train.py's words (or traceback's)
     losses = [r.get('loss') for r in train] + [r.get('val_loss') for r in evals] + \
              [r.get('train_loss') for r in evals]
     if diverged or said or any(x is not None and not finite(x) for x in losses):
@@ -161,6 +328,7 @@ def summarize(run_dir, returncode, target_loss):
     if val and row['status'] != 'diverged':
         row['final_val_loss'] = val[-1]['val_loss']
         row['final_train_loss'] = val[-1]['train_loss']
+        row['val_loss_se'] = val[-1].get('val_loss_se')
     if val:
         row['best_val_loss'] = min(r['val_loss'] for r in val)
         hit = next((r for r in val if target_loss is not None and r['val_loss'] <= target_loss), None)
@@ -171,12 +339,19 @@ def summarize(run_dir, returncode, target_loss):
         row.update(median_ms(train))
         memory = [r['peak_mem_mb'] for r in train if finite(r.get('peak_mem_mb'))]
         row['peak_mem_mb'] = max(memory) if memory else None
-    config_path = os.path.join(run_dir, 'config.json')
-    if os.path.exists(config_path) and row['iters'] is not None:
-        with open(config_path) as f:
-            c = json.load(f)
+    c = run_config(run_dir)
+    if c is not None and row['iters'] is not None:
         row['tokens'] = row['iters'] * c['gradient_accumulation_steps'] * c['batch_size'] * c['block_size']
     return row
+
+
+def run_config(run_dir):
+    """The config.json train.py wrote into run_dir (every global), or None."""
+    try:
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def run_one(args, run_dir, nproc):
@@ -204,19 +379,58 @@ def finished(run_dir, args, nproc):
     return done['returncode'] if same and ended else None
 
 
-def markdown(rows, target_loss, trials):
+def keep_records(run_dir, kept):
+    """Copies what a run's row is read from into folder kept: metrics.jsonl, config.json, the last LOG_TAIL lines
+    of train.log, and bench.json last (so that a copy cut short is not taken for a finished run)."""
+    os.makedirs(kept, exist_ok=True)
+    for name in ('metrics.jsonl', 'config.json'):
+        if os.path.exists(os.path.join(run_dir, name)):
+            shutil.copyfile(os.path.join(run_dir, name), os.path.join(kept, name))
+    if os.path.exists(os.path.join(run_dir, 'train.log')):
+        with open(os.path.join(run_dir, 'train.log'), errors='replace') as f:
+            tail = f.read().splitlines()[-LOG_TAIL:]
+        with open(os.path.join(kept, 'train.log'), 'w') as f:
+            f.write(''.join(line + '\n' for line in tail))
+    shutil.copyfile(os.path.join(run_dir, 'bench.json'), os.path.join(kept, 'bench.json'))
+
+
+def cell(row, key, fmt):
+    """A row's value as results.md shows it: '—' for none, intervals as [low, high], a * on a difference to the
+    reference whose interval leaves 0 out, '>' or '<' before a speedup that is a bound."""
+    value = row.get(key)
+    if value is None or value == [] or value == {}:
+        return '—'
+    if key == 'tuned':
+        return ', '.join(f'{k}={v}' for k, v in value.items())
+    if key == 'grid':
+        return '; '.join(f"{k}={','.join(v)}" for k, v in value.items())
+    if key == 'edge':
+        return ', '.join(value)
+    if key.endswith('_ci95'):
+        return '[' + ', '.join(fmt.format(v) for v in value) + ']'
+    text = fmt.format(value)
+    interval = row.get('diff_to_reference_ci95')
+    if key == 'diff_to_reference_mean' and interval and (interval[0] > 0 or interval[1] < 0):
+        text += '*'
+    if key in ('speedup_tokens', 'speedup_seconds') and row.get('speedup_beyond'):
+        text = f"{row['speedup_beyond']} {text}"
+    return text
+
+
+def markdown(rows, target_loss, trials, seeds=None, reference=None, ladder=None, notes=()):
+    """The table of rows (its optional columns as the study has them), its notes, then every trial when there are
+    more trials than rows (a grid, seeds: so that a best value on the grid's edge shows)."""
+    columns = [*NAME_COLUMNS, *(GRID_COLUMNS if any(r.get('grid') for r in rows) else []), *LOSS_COLUMNS,
+               *(SEED_COLUMNS if seeds else []), *(REFERENCE_COLUMNS if reference else []),
+               *(LADDER_COLUMNS if ladder else []), *RUN_COLUMNS]
     target = f'{target_loss:g}' if target_loss is not None else 'target'
-    headers = [h.format(target=target) for h, _, _ in COLUMNS]
+    headers = [h.format(target=target, reference=reference, at_seed=f' at seed {seeds[0]}' if seeds else '')
+               for h, _, _ in columns]
     lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
-    for row in rows:
-        cells = []
-        for _, key, fmt in COLUMNS:
-            value = row.get(key)
-            if key == 'tuned':
-                value = ', '.join(f'{k}={v}' for k, v in value.items()) or None
-            cells.append('—' if value is None else fmt.format(value))
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    if len(trials) > len(rows):  # a tuning grid: every trial, so that a best value on the grid's edge shows
+    lines += ['| ' + ' | '.join(cell(row, key, fmt) for _, key, fmt in columns) + ' |' for row in rows]
+    for note in notes:
+        lines += ['', note]
+    if len(trials) > len(rows):
         lines += ['', '| trial | status | final val |', '|---|---|---|']
         for t in trials:
             final = '—' if t['final_val_loss'] is None else f"{t['final_val_loss']:.4f}"
@@ -224,101 +438,278 @@ def markdown(rows, target_loss, trials):
     return '\n'.join(lines) + '\n'
 
 
-def best_of_each(trials):
-    """Each spec's best trial (lowest final val loss among the runs that finished), in the order given; a spec
-    none of whose trials finished shows its first."""
-    rows = []
-    for name in dict.fromkeys(t['name'] for t in trials):
-        mine = [t for t in trials if t['name'] == name]
-        ok = [t for t in mine if t['status'] == 'ok' and t['final_val_loss'] is not None]
-        rows.append(min(ok, key=lambda t: t['final_val_loss']) if ok else mine[0])
-    return rows
-
-
-def write_results(out_dir, train_args, target_loss, rows, trials):
-    """out_dir/results.md and results.json; returns the markdown table (a run's name as target: no column yet)."""
-    table = markdown(rows, None if isinstance(target_loss, str) else target_loss, trials)
-    with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+def write_results(folder, table, results):
+    """folder/results.md (table) and folder/results.json (results)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'results.md'), 'w') as f:
         f.write(table)
-    with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-        json.dump(dict(train_args=train_args, target_loss=target_loss, rows=rows, trials=trials), f, indent=1)
-    return table
+    with open(os.path.join(folder, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=1)
 
 
-def run_target(rows, trials, name):
-    """The final val loss of the row called name; every trial's steps and seconds to it filled in."""
-    row = next((r for r in rows if r['name'] == name), None)
-    if row is None or row['final_val_loss'] is None:
-        raise ValueError(f"--target_loss={name}: no run of that name finished (runs: {[r['name'] for r in rows]})")
-    target = row['final_val_loss']
-    for t in trials:
-        if t.get('out_dir'):
-            again = summarize(t['out_dir'], t['returncode'], target)
-            t['steps_to_target'], t['seconds_to_target'] = again['steps_to_target'], again['seconds_to_target']
-    return target
-
-
-def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False):
-    """Runs every spec at every grid point, `jobs` at a time (a trial that already ran to its end in its folder with
-    the same arguments is read, not rerun, unless rerun); returns (rows: the best trial per spec, trials: all of
-    them, the markdown table). out_dir/results.md and results.json are rewritten after each run (an interrupted
-    bench keeps what it has), the plots of the rows' runs are drawn at the end."""
-    todo = []  # (name, trial, optimizer, config file or None, overrides, grid point)
+def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False, seeds=None,
+          reference=None, max_grid_extensions=2, ladder=None, ladder_budgets=(1, 2, 4), tune_iters=None,
+          results_dir=None):
+    """Runs every spec over the grid at the first seed (the grid extended beyond an edge its best lies on), then
+    its best point at every seed (and the ladder's at every budget), `jobs` at a time; each spec goes on as soon as
+    its own trials end. A trial that already ran to its end in its folder (OUT/<run>, or results_dir/runs/<run>)
+    with the same arguments is read, not rerun, unless rerun. Returns (rows: each spec at its best point, trials:
+    all of them, the markdown table). results.md and results.json (in results_dir, else out_dir) are rewritten
+    after each run (an interrupted bench keeps what it has), the plots of the rows' runs are drawn at the end."""
+    seeds = list(seeds) if seeds else [None]  # None: the config's seed, no --seed argument
+    budgets = sorted({1.0, *map(float, ladder_budgets)}) if ladder else [1.0]
+    folder = results_dir or out_dir
+    runs = []  # one per row of the table: the spec, and its grid points (the knobs its optimizer takes)
     for spec, overrides in specs:
         optimizer = spec_optimizer(spec, train_args)
         config = spec if spec.endswith('.py') else None
-        name = ' '.join([os.path.basename(spec)[:-3] if config else spec] + [f'{k}={v}' for k, v in overrides])
+        name = run_name(spec, overrides)
         points = [tuple((k, v) for k, v in point if tuned_here(optimizer, k)) for point in grid]
-        for point in dict.fromkeys(points):
-            trial = ' '.join([name] + [f'{k}={v}' for k, v in point])
-            todo.append((name, trial, optimizer, config, overrides, list(point)))
-    trials = [dict(trial=t[1]) for t in todo]  # filled in as the runs end, kept in the order given
+        runs.append(dict(name=name, optimizer=optimizer, config=config, overrides=overrides,
+                         points=[list(p) for p in dict.fromkeys(points)]))
+    by_name = {r['name']: r for r in runs}
+    for setting, value in [('reference', reference), ('ladder', ladder), ('target_loss', target_loss)]:
+        if isinstance(value, str) and value not in by_name:
+            raise ValueError(f"--{setting}={value}: no run of that name (runs: {list(by_name)})")
+    done = {}  # trial name -> its row, as the trials end
+    order = {}  # trial name -> (its run's place in runs, when it was planned): results.json's order
 
-    def run(name, trial, optimizer, config, overrides, point):
-        run_dir = os.path.join(out_dir, trial.replace(' ', '_'))
-        args = [config, *train_args] if config else [*train_args, f'--optimizer={optimizer}']
-        args += [*[f'--{k}={v}' for k, v in overrides + point], f'--wandb_run_name={trial}']
-        t0 = time.time()
-        returncode = None if rerun else finished(run_dir, args, nproc)
-        reused = returncode is not None
-        if not reused:
-            returncode = run_one(args, run_dir, nproc)
-        row = dict(name=name, trial=trial, optimizer=optimizer, overrides=dict(overrides), tuned=dict(point),
-                   out_dir=run_dir, returncode=returncode, wall_s=None if reused else time.time() - t0,
-                   reused=reused, **summarize(run_dir, returncode, None if isinstance(target_loss, str) else target_loss))
-        if not reused:
-            with open(os.path.join(run_dir, 'bench.json'), 'w') as f:
-                json.dump(dict(args=args, nproc=nproc, returncode=returncode, status=row['status']), f)
+    def final_loss(t):
+        """A trial's final val loss if it ended well, else None (a seed that diverged or failed has none)."""
+        return t['final_val_loss'] if t and t['status'] == 'ok' else None
+
+    def trial(run, point, seed, tag='', length=()):
+        """A train.py run of a row's spec at grid point and seed (None: the config's), with length: the train.py
+        arguments that set its budget, named by tag."""
+        name = ' '.join([run['name'], *[f'{k}={v}' for k, v in point],
+                         *([f'seed={seed}'] if seed is not None else []), *([tag] if tag else [])])
+        args = [run['config'], *train_args] if run['config'] else [*train_args, f'--optimizer={run["optimizer"]}']
+        args += [f'--{k}={v}' for k, v in run['overrides'] + list(point)]
+        args += [f'--seed={seed}', f'--data_seed={seed}'] if seed is not None else []
+        return dict(name=run['name'], trial=name, optimizer=run['optimizer'], overrides=dict(run['overrides']),
+                    tuned=dict(point), seed=seed, args=[*args, *length, f'--wandb_run_name={name}'])
+
+    def tuning(run):
+        """(trials to run next, every point tried, the best point) of a row's tuning at the first seed: its grid
+        (runs of tune_iters iterations, if set and there is a grid), then rounds of points beyond the edges the best
+        lies on, at most max_grid_extensions. The best: the lowest final val loss of the trials that ended well; a
+        row of one point has it as its best whatever its first seed did (its other seeds still run)."""
+        points = list(run['points'])
+        short = [f'max_iters={tune_iters}', [f'--max_iters={tune_iters}', f'--lr_decay_iters={tune_iters}']] \
+            if tune_iters and len(points) > 1 else []
+        for extension in itertools.count():
+            trials = [done.get(t['trial'], t) for t in (trial(run, p, seeds[0], *short) for p in points)]
+            todo = [t for t in trials if 'status' not in t]
+            if todo:
+                return todo, points, None
+            ended = [(final_loss(t), i) for i, t in enumerate(trials) if final_loss(t) is not None]
+            best = points[min(ended)[1]] if ended else points[0] if len(points) == 1 else None
+            more = beyond_edges(points, best) if best is not None and extension < max_grid_extensions else []
+            if not more:
+                return [], points, best
+            points += more
+
+    def at_seeds(run):
+        """A row's best point and its full-length trials at every seed (a trial not run yet: None)."""
+        _, points, best = tuning(run)
+        return points, best, [None if best is None else done.get(trial(run, best, s)['trial']) for s in seeds]
+
+    def rungs(run, best, firsts):
+        """{(seed, budget): trial} of the ladder above 1×: the best point with max_iters and lr_decay_iters (from
+        the 1× run's config.json) times the budget, for the seeds whose 1× run has ended."""
+        out = {}
+        for seed, first in zip(seeds, firsts):
+            c = first and run_config(first['out_dir'])
+            for k in budgets[1:] if c else []:
+                length = [f'--{key}={round(k * c[key])}' for key in ('max_iters', 'lr_decay_iters')]
+                out[seed, k] = trial(run, best, seed, f'tokens={k:g}x', length)
+        return out
+
+    def plan(run):
+        """The trials a row needs next: its tuning, then its best point at every seed, and the ladder's rungs."""
+        todo, _, best = tuning(run)
+        if todo or best is None:
+            return todo
+        wanted = [trial(run, best, s) for s in seeds]
+        if run['name'] == ladder:
+            wanted += rungs(run, best, at_seeds(run)[2]).values()
+        return [t for t in wanted if t['trial'] not in done]
+
+    def ladder_points():
+        """{seed: [(tokens, final val loss, training seconds)] of the ladder's row at each budget}; None for a seed
+        where one of them has not ended well."""
+        run = by_name[ladder]
+        _, best, firsts = at_seeds(run)
+        above = rungs(run, best, firsts) if best is not None else {}
+        points = {}
+        for seed, first in zip(seeds, firsts):
+            trials = [first] + [done.get(above[seed, k]['trial']) if (seed, k) in above else None
+                                for k in budgets[1:]]
+            ended = all(final_loss(t) is not None and t['tokens'] and t['time_s'] for t in trials)
+            points[seed] = [(t['tokens'], final_loss(t), t['time_s']) for t in trials] if ended else None
+        return points
+
+    def row_of(run):
+        """A row: its first seed's full-length trial (else the first of its trials), its grid, and the statistics
+        over the seeds (mean_sd_ci), paired to the reference's and against the ladder."""
+        points, best, trials = at_seeds(run)
+        mine = sorted((t for t in done.values() if t['name'] == run['name']), key=lambda t: order[t['trial']])
+        row = dict(trials[0] or mine[0])
+        finals = [final_loss(t) for t in trials]
+        not_ok = [(s, t) for s, t in zip(seeds, trials) if not t or t['status'] != 'ok']
+        if tuning(run)[0] or (best is not None and not_ok and not not_ok[0][1]):
+            row['status'], row['error'] = 'pending', None
+        elif best is not None and not_ok:  # the first seed that did not end well
+            s, t = not_ok[0]
+            row['status'] = t['status']
+            row['error'] = f"seed {s}: {t['error']}" if s is not None and t['error'] else t['error']
+        row['grid'] = {key: axis_values(points, axis) for axis, (key, _) in enumerate(points[0])}
+        row['edge'] = [best[axis][0] for axis, _, _ in edges(points, best)] if best is not None else []
+        row['seeds'], row['final_val_losses'] = seeds, finals
+        row['out_dirs'] = [t['out_dir'] for t in trials if t] or [row['out_dir']]
+        row['final_val_loss_mean'], row['final_val_loss_sd'], row['final_val_loss_ci95'] = mean_sd_ci(finals)
+        row['val_loss_se'] = mean_sd_ci([t and t['val_loss_se'] for t in trials])[0]
+        references = [final_loss(t) for t in at_seeds(by_name[reference])[2]] if reference else [None] * len(seeds)
+        diffs = [a - b if a is not None and b is not None else None for a, b in zip(finals, references)]
+        row['diff_to_reference_mean'], _, row['diff_to_reference_ci95'] = mean_sd_ci(diffs)
+        ladders = ladder_points() if ladder else {}
+        per_seed = [speedup(ladders[s], final_loss(t), t['tokens'], t['time_s'])
+                    if ladders.get(s) and final_loss(t) is not None and t['tokens'] and t['time_s'] else None
+                    for s, t in zip(seeds, trials)]
+        beyond = ''.join(sorted({p[2] for p in per_seed if p and p[2]})) if None not in per_seed else ''
+        for i, unit in enumerate(('tokens', 'seconds')):
+            mean, _, ci = mean_sd_ci([p and p[i] for p in per_seed])
+            row[f'speedup_{unit}'] = None if len(beyond) > 1 else mean
+            row[f'speedup_{unit}_ci95'] = None if beyond else ci
+            row[f'speedup_{unit}_per_seed'] = [p and p[i] for p in per_seed]
+        row['speedup_beyond'] = beyond or None
         return row
 
-    rows, table = [], ''
-    bar = tqdm(total=len(todo), desc='bench', unit='run')
+    def run(t):
+        """Runs trial t (or reads it: an earlier run with the same arguments that ended, in OUT or results_dir)
+        and returns its row; with a results_dir, its records are kept there."""
+        run_dir = os.path.join(out_dir, t['trial'].replace(' ', '_'))
+        kept = os.path.join(results_dir, 'runs', os.path.basename(run_dir)) if results_dir else None
+        source, returncode = run_dir, None
+        for where in [] if rerun else filter(None, [run_dir, kept]):
+            returncode = finished(where, t['args'], nproc)
+            if returncode is not None:
+                source = where
+                break
+        reused, t0 = returncode is not None, time.time()
+        if not reused:
+            returncode = run_one(t['args'], run_dir, nproc)
+        row = dict(name=t['name'], trial=t['trial'], optimizer=t['optimizer'], overrides=t['overrides'],
+                   tuned=t['tuned'], seed=t['seed'], out_dir=source, returncode=returncode,
+                   wall_s=None if reused else time.time() - t0, reused=reused,
+                   **summarize(source, returncode, None if isinstance(target_loss, str) else target_loss))
+        if not reused:
+            with open(os.path.join(run_dir, 'bench.json'), 'w') as f:
+                json.dump(dict(args=t['args'], nproc=nproc, returncode=returncode, status=row['status']), f)
+        if kept and source == run_dir:
+            keep_records(run_dir, kept)
+        return row
+
+    def results(target):
+        """(rows, trials, table, results.json's content) of the trials that have ended."""
+        trials = sorted(done.values(), key=lambda t: order[t['trial']])
+        rows = [row_of(r) for r in runs if any(t['name'] == r['name'] for t in trials)]
+        points = ladder_points() if ladder else {}
+        notes = []
+        if seeds != [None]:
+            tuned = f"the first seed ({seeds[0]}) only{f', on runs of {tune_iters} iterations' if tune_iters else ''}"
+            notes.append(f"Tuned at {tuned}; each run's best point then ran at every seed "
+                         f"({', '.join(map(str, seeds))}). final val: the mean over the {len(seeds)} seeds, ± their "
+                         f"sd (n − 1), 95% CI: Student t with n − 1 degrees of freedom; eval se: the final "
+                         f"evaluation's standard error (sd of its batches / √eval_iters), the mean over the seeds. "
+                         f"A seed that diverged leaves its run without a mean. The other columns (best val, steps, "
+                         f"seconds, ms) are the first seed's run's.")
+        if reference:
+            notes.append(f"Δ {reference}: per seed, the run's final val loss − {reference}'s at the same seed; the "
+                         f"mean and its 95% CI (Student t) over the seeds; * where the interval leaves out 0.")
+        if ladder:
+            falls = [s for s, p in points.items() if p and any(b >= a for (_, a, _), (_, b, _) in zip(p, p[1:]))]
+            notes.append(f"× tokens, × seconds: the tokens (training seconds) {ladder} needs to reach the run's "
+                         f"final val loss, over the run's, on {ladder}'s runs at {', '.join(f'{k:g}' for k in budgets)}"
+                         f"× its budget at the same seed (its final val loss linear in log tokens between them); "
+                         f"the mean and 95% CI over the seeds. '> x': some seed ends below the largest budget's "
+                         f"loss, '< x': above the 1× run's; x is then the mean with those seeds at that bound.")
+            if falls:
+                notes.append(f"{ladder}'s final val loss does not fall with its budget at seed(s) "
+                             f"{', '.join(map(str, falls))}: its running minimum is used.")
+        at_target = None if isinstance(target, str) else target
+        table = markdown(rows, at_target, trials, seeds if seeds != [None] else None, reference, ladder, notes)
+        ladder_info = ladder and dict(name=ladder, budgets=budgets, seeds=[
+            dict(seed=s, tokens=p and [x[0] for x in p], final_val_losses=p and [x[1] for x in p],
+                 seconds=p and [x[2] for x in p], monotone=p and s not in falls) for s, p in points.items()])
+        return rows, trials, table, dict(train_args=train_args, target_loss=target, seeds=seeds, reference=reference,
+                                         tune_iters=tune_iters, max_grid_extensions=max_grid_extensions,
+                                         ladder=ladder_info, rows=rows, trials=trials)
+
+    bar = tqdm(total=0, desc='bench', unit='run')  # the total grows as the plan does
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        futures = {pool.submit(run, *t): i for i, t in enumerate(todo)}
-        for future in as_completed(futures):
-            row = trials[futures[future]] = future.result()
-            final = '—' if row['final_val_loss'] is None else f"{row['final_val_loss']:.4f}"
-            bar.write(f"{row['trial']}: {row['status']}, final val loss {final}" +
-                      (f" ({row['error']})" if row['error'] else ''))
-            bar.update()
-            done = [t for t in trials if 'status' in t]
-            rows = best_of_each(done)
-            table = write_results(out_dir, train_args, target_loss, rows, done)
+        running = {}  # future -> its run's place in runs
+
+        def submit(i):
+            for t in plan(runs[i]):
+                if t['trial'] not in order:
+                    order[t['trial']] = (i, len(order))
+                    running[pool.submit(run, t)] = i
+                    bar.total += 1
+            bar.refresh()
+
+        try:
+            for i in range(len(runs)):
+                submit(i)
+            while running:
+                ended, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in ended:
+                    i, row = running.pop(future), future.result()
+                    done[row['trial']] = row
+                    loss = '—' if row['final_val_loss'] is None else f"{row['final_val_loss']:.4f}"
+                    bar.write(f"{row['trial']}: {row['status']}, final val loss {loss}" +
+                              (f" ({row['error']})" if row['error'] else ''))
+                    bar.update()
+                    submit(i)
+                    write_results(folder, *results(target_loss)[2:])
+        except BaseException:  # an error or Ctrl-C: the queued runs do not start
+            for future in running:
+                future.cancel()
+            raise
     bar.close()
-    if isinstance(target_loss, str):  # a run's name: its final val loss is the target of every run
-        target_loss = run_target(rows, trials, target_loss)
-        table = write_results(out_dir, train_args, target_loss, rows, trials)
-    plotted = [r for r in rows if os.path.exists(os.path.join(r['out_dir'], 'metrics.jsonl'))]
+    rows, trials, table, content = results(target_loss)
+    if isinstance(target_loss, str):  # a run's name: its final val loss (mean over the seeds) is every run's target
+        row = next(r for r in rows if r['name'] == target_loss)
+        if row['final_val_loss_mean'] is None:  # the results stay, without steps to a target
+            print(f"--target_loss={target_loss}: that run has no final val loss ({row['status']}): no target")
+        target_loss = row['final_val_loss_mean']
+        for t in trials if target_loss is not None else []:
+            again = summarize(t['out_dir'], t['returncode'], target_loss)
+            t['steps_to_target'], t['seconds_to_target'] = again['steps_to_target'], again['seconds_to_target']
+        rows, trials, table, content = results(target_loss)
+    write_results(folder, table, content)
+    plotted = [r for r in rows if r['out_dirs'] and all(os.path.exists(os.path.join(d, 'metrics.jsonl'))
+                                                        for d in r['out_dirs'])]
     if plot and plotted:
-        plot_runs([r['out_dir'] for r in plotted], out_dir, [r['name'] for r in plotted], target_loss)
+        plot_runs([r['out_dirs'] for r in plotted], folder, [r['name'] for r in plotted], target_loss)
     return rows, trials, table
+
+
+def study_results_dir(path):
+    """results/<name> for a study file config/bench/<name>.py, results/ablations/<name> for
+    config/ablations/<name>.py (where the README's results are), relative to the current folder."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    ablation = os.path.basename(os.path.dirname(os.path.abspath(path))) == 'ablations'
+    return os.path.join('results', *(['ablations'] if ablation else []), name)
 
 
 def main(argv):
     if '-h' in argv or '--help' in argv:
         print(__doc__.strip())
         return
-    opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-bench', nproc=1, jobs=1, rerun='False')
+    opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-bench', nproc=1, jobs=1, rerun='False',
+                seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets='1,2,4',
+                tune_iters=None, results_dir=None)
     tunes, train_args = [], []
     argv = list(argv)
     study = [a for a in argv if a.endswith('.py') and os.path.isfile(a) and 'runs' in read_py(a)]
@@ -326,13 +717,13 @@ def main(argv):
         raise ValueError(f"one study file at a time, got {study}")
     if study:  # the file's settings first, the command line's after them
         argv.remove(study[0])
-        known = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc'}
-        settings = {k: v for k, v in read_py(study[0]).items() if k in known}
+        settings = {k: v for k, v in read_py(study[0]).items() if k in STUDY_KEYS}
         if not (isinstance(settings['runs'], list) and all(isinstance(r, str) for r in settings['runs'])):
             raise ValueError(f"{study[0]}: runs must be a list of run specs (strings), got {settings['runs']!r}")
         opts['runs'] = ';'.join(settings.pop('runs'))
         train_args += [str(a) for a in settings.pop('train_args', [])]
         tunes += list(settings.pop('tune', []))
+        opts['results_dir'] = study_results_dir(study[0])
         opts.update({k: v for k, v in settings.items() if v is not None})
     while argv:
         arg = argv.pop(0)
@@ -359,9 +750,14 @@ def main(argv):
         pass  # a run's name: its final val loss, known at the end
     os.makedirs(opts['out_dir'], exist_ok=True)
     _, _, table = bench(train_args, specs, parse_tune(tunes), opts['out_dir'], target_loss, int(opts['nproc']),
-                        jobs=int(opts['jobs']), rerun=str(opts['rerun']) == 'True')
+                        jobs=int(opts['jobs']), rerun=str(opts['rerun']) == 'True',
+                        seeds=numbers(opts['seeds'], int), reference=opts['reference'],
+                        max_grid_extensions=int(opts['max_grid_extensions']), ladder=opts['ladder'],
+                        ladder_budgets=numbers(opts['ladder_budgets'], float),
+                        tune_iters=None if opts['tune_iters'] is None else int(opts['tune_iters']),
+                        results_dir=opts['results_dir'])
     print(table)
-    print(f"wrote {os.path.join(opts['out_dir'], 'results.md')}, results.json and the plots")
+    print(f"wrote {os.path.join(opts['results_dir'] or opts['out_dir'], 'results.md')}, results.json and the plots")
 
 
 if __name__ == '__main__':

@@ -1,9 +1,13 @@
 """
 PNG plots of train.py runs, read from their out_dir/metrics.jsonl: val loss vs steps and vs seconds of training
-time (one line per run), and each run's median ms/iter beside its parts (bars).
+time (one line per run), and each run's median ms/iter beside its parts (bars). A run given as several folders
+joined by commas (the same run at several seeds) is one line: the mean over them at each evaluation they all have
+(vs seconds: at their mean time), with a band from their lowest to their highest val loss (min–max, not ±sd: three
+seeds give no sd worth drawing).
 
 $ python plot.py out-bench/*/ --out=out-plots
 $ python plot.py out-adamw-small out-fixed-fisher-small --labels=adamw,fixed_fisher --target_loss=1.9
+$ python plot.py out/adamw_seed=1,out/adamw_seed=2 out/muon_seed=1,out/muon_seed=2 --labels=adamw,muon
 
 writes val_loss_vs_steps.png, val_loss_vs_seconds.png and ms_per_iter_breakdown.png into --out, and
 damping_vs_steps.png (lambda and the reduction ratio) when a run adapts its damping (damping_schedule='lm').
@@ -72,27 +76,40 @@ def median_ms(train):
 
 
 def plot_runs(run_dirs, out, labels=None, target_loss=None):
-    """Writes the PNGs for run_dirs into folder out and returns their paths."""
+    """Writes the PNGs for run_dirs into folder out and returns their paths. Each of run_dirs is a run's folder, or
+    a list of folders: the same run at several seeds, one line (their mean) with a min–max band."""
     import matplotlib
     matplotlib.use('Agg')  # files only, no display
     import matplotlib.pyplot as plt
 
-    labels = labels or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
-    if len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
-    runs = [(label, *read_metrics(d)) for label, d in zip(labels, run_dirs)]
+    groups = [[d] if isinstance(d, (str, os.PathLike)) else list(d) for d in run_dirs]
+    labels = labels or [os.path.basename(os.path.normpath(g[0])) for g in groups]
+    if len(labels) != len(groups):
+        raise ValueError(f"{len(labels)} labels for {len(groups)} runs")
+    runs = [(label, [read_metrics(d) for d in group]) for label, group in zip(labels, groups)]  # (train, evals)s
     os.makedirs(out, exist_ok=True)
     paths = []
 
     # the y axis starts at the highest second evaluation (the first after iteration 0), so that neither the first
     # drop from ~ln(vocab) nor a run blowing up flattens the curves that matter
-    starts = [e[min(1, len(e) - 1)]['val_loss'] for _, _, e in runs if e and finite(e[min(1, len(e) - 1)]['val_loss'])]
+    starts = [e[min(1, len(e) - 1)]['val_loss'] for _, seeds in runs for _, e in seeds
+              if e and finite(e[min(1, len(e) - 1)]['val_loss'])]
     for x_key, x_label, name in [('iter', 'iteration', 'val_loss_vs_steps.png'),
                                  ('time_s', 'training time (s)', 'val_loss_vs_seconds.png')]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, _, evals in runs:
-            points = [(e[x_key], e['val_loss']) for e in evals if finite(e['val_loss'])]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker='o', markersize=3, label=label)
+        for label, seeds in runs:
+            # the evaluations every seed has (a diverged seed's end cuts the line), x and val loss at each
+            by_iter = [{e['iter']: e for e in evals if finite(e['val_loss'])} for _, evals in seeds]
+            common = sorted(set.intersection(*(set(b) for b in by_iter)))
+            xs = [statistics.mean(b[i][x_key] for b in by_iter) for i in common]
+            losses = [[b[i]['val_loss'] for b in by_iter] for i in common]
+            line, = ax.plot(xs, [statistics.mean(v) for v in losses], marker='o', markersize=3,
+                            label=label if len(seeds) == 1 else f'{label} ({len(seeds)} seeds)')
+            if len(seeds) > 1:
+                ax.fill_between(xs, [min(v) for v in losses], [max(v) for v in losses], color=line.get_color(),
+                                alpha=0.2, linewidth=0)
+        if any(len(seeds) > 1 for _, seeds in runs):
+            ax.set_title('mean over seeds; band: their min to max', fontsize=9)
         if target_loss is not None:
             ax.axhline(target_loss, color='gray', linestyle='--', linewidth=1, label=f'target {target_loss:g}')
         if starts:
@@ -107,14 +124,14 @@ def plot_runs(run_dirs, out, labels=None, target_loss=None):
         plt.close(fig)
 
     # grouped horizontal bars: per run, the median ms/iter and each part it logged
-    medians = [median_ms(train) for _, train, _ in runs]
+    medians = [median_ms([r for train, _ in seeds for r in train]) for _, seeds in runs]  # over all seeds' records
     parts = [(k, key, part) for k, (key, part) in enumerate(BREAKDOWN) if any(key in ms for ms in medians)]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.25 * len(runs) * max(len(parts), 1)))
     height = 0.8 / max(len(parts), 1)
     for j, (k, key, part) in enumerate(parts):
         ys = [i - 0.4 + (j + 0.5) * height for i, ms in enumerate(medians) if key in ms]
         ax.barh(ys, [ms[key] for ms in medians if key in ms], height=height, label=part, color=f'C{k}')
-    ax.set_yticks(range(len(runs)), [label for label, _, _ in runs])
+    ax.set_yticks(range(len(runs)), [label for label, _ in runs])
     ax.invert_yaxis()
     ax.set_xlabel('median ms per iteration')
     ax.set_title('ms/iter and its parts (they overlap: not stacked)', fontsize=9)
@@ -127,7 +144,7 @@ def plot_runs(run_dirs, out, labels=None, target_loss=None):
     plt.close(fig)
 
     # damping_schedule='lm': lambda (log scale) and the reduction ratio rho, with the rule's band 1/4 < rho < 3/4
-    adaptive = [(label, [r for r in train if 'lm_ratio' in r]) for label, train, _ in runs]
+    adaptive = [(label, [r for r in seeds[0][0] if 'lm_ratio' in r]) for label, seeds in runs]  # the first seed's
     adaptive = [(label, train) for label, train in adaptive if train]
     if adaptive:
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
@@ -153,11 +170,13 @@ def plot_runs(run_dirs, out, labels=None, target_loss=None):
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('run_dirs', nargs='+', help="train.py out_dirs (each with a metrics.jsonl)")
+    parser.add_argument('run_dirs', nargs='+', help="train.py out_dirs (each with a metrics.jsonl); dir1,dir2,... "
+                                                    "for one run at several seeds")
     parser.add_argument('--out', default='out-plots', help="folder for the PNGs")
     parser.add_argument('--labels', default=None, help="comma-separated legend labels (default: folder names)")
     parser.add_argument('--target_loss', type=float, default=None, help="draw this val loss as a dashed line")
     args = parser.parse_args()
-    for path in plot_runs(args.run_dirs, args.out, args.labels.split(',') if args.labels else None,
+    for path in plot_runs([d.split(',') for d in args.run_dirs], args.out,
+                          args.labels.split(',') if args.labels else None,
                           args.target_loss):
         print(f"wrote {path}")

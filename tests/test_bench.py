@@ -3,11 +3,14 @@ import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 import bench
 from test_train import REPO, TINY, tiny_data  # noqa: F401 (tiny_data is a fixture)
@@ -18,13 +21,14 @@ FIELDS = {'name', 'optimizer', 'tuned', 'status', 'final_val_loss', 'best_val_lo
           'ms_precond', 'ms_step', 'peak_mem_mb', 'out_dir', 'error'}
 
 
-def run_bench(tiny_data, out_dir, *args):
+def run_bench(tiny_data, out_dir, *args, results_dir=None):
+    """bench.py on the tiny data; its results.json (from results_dir, if given, else out_dir)."""
     command = [sys.executable, os.path.join(REPO, 'bench.py'), *TINY, '--dataset=tiny', f'--data_dir={tiny_data}',
-               f'--out_dir={out_dir}', *args]
+               f'--out_dir={out_dir}', *args, *([f'--results_dir={results_dir}'] if results_dir else [])]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode == 0, f"bench.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    with open(os.path.join(out_dir, 'results.json')) as f:
+    with open(os.path.join(results_dir or out_dir, 'results.json')) as f:
         return result, json.load(f)
 
 
@@ -66,37 +70,62 @@ def test_bench_compares_optimizers_and_reports_divergence(tiny_data, tmp_path):
     assert_valid_pngs(tmp_path)
 
 
-def write_run(run_dir, records, log, tail=''):
-    """A train.py out_dir as bench reads it: config.json, metrics.jsonl (records, then tail, e.g. a torn line) and
-    train.log."""
+def write_run(run_dir, records, log, tail='', **config):
+    """A train.py out_dir as bench reads it: config.json (batch 2 x 8 tokens, and config), metrics.jsonl (records,
+    then tail, e.g. a torn line) and train.log."""
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, 'config.json'), 'w') as f:
-        json.dump(dict(gradient_accumulation_steps=1, batch_size=2, block_size=8), f)
+        json.dump(dict(gradient_accumulation_steps=1, batch_size=2, block_size=8, **config), f)
     with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
         f.write(''.join(json.dumps(r) + '\n' for r in records) + tail)
     with open(os.path.join(run_dir, 'train.log'), 'w') as f:
         f.write(log)
 
 
-def fake_run(args, run_dir, nproc):
-    """Stands in for train.py in bench.run_one: metrics whose final val loss is |log10(lr) + 2| + 1, so lr=1e-2 is
-    the best; lr=1e30 diverges as train.py did (a NaN train record, an error, exit code 1)."""
-    lr = float(next(a.split('=')[1] for a in reversed(args) if a.startswith('--learning_rate=')))
-    final = abs(math.log10(lr) + 2) + 1
-    records = [dict(kind='eval', iter=0, train_loss=3.0, val_loss=3.0, time_s=0.0)]
-    records += [dict(kind='train', iter=i, loss=float('nan') if lr > 1 else 3 - i * (3 - final) / 4, lr=lr,
-                     ms_per_iter=10.0 + i, tokens_per_s=1600.0, time_s=0.01 * i, ms_fwd_bwd=6.0, ms_step=3.0,
-                     ms_factors=1.0, ms_decomp=0.5, ms_precond=1.5, peak_mem_mb=100.0 + i) for i in (1, 2, 3, 4)]
-    if lr <= 1:
-        records.append(dict(kind='eval', iter=4, train_loss=final, val_loss=final, time_s=0.04))
-    write_run(run_dir, records,
-              "FloatingPointError: training diverged: the loss is nan at iteration 1\n" if lr > 1 else "done\n")
-    return 1 if lr > 1 else 0
+def arg(args, key, default=None):
+    """The last --key=value of a train.py command line (the one train.py keeps)."""
+    values = [a.split('=', 1)[1] for a in args if a.startswith(f'--{key}=')]
+    return values[-1] if values else default
+
+
+def fake_train(final_loss, seconds_per_iter=lambda args: 0.01):
+    """A stand-in for train.py in bench.run_one: max_iters (default 4) train records, evaluations at 0 and at the
+    end, the final val loss final_loss(args); None diverges as train.py did (a NaN train record, an error, exit
+    code 1). It leaves a checkpoint, as train.py does, and 60 lines of log."""
+    def run_one(args, run_dir, nproc):
+        iters, final = int(arg(args, 'max_iters', 4)), final_loss(args)
+        dt = seconds_per_iter(args)
+        records = [dict(kind='eval', iter=0, train_loss=3.0, val_loss=3.0, val_loss_se=0.1, time_s=0.0)]
+        records += [dict(kind='train', iter=i, loss=float('nan') if final is None else 3 - i * (3 - final) / iters,
+                         lr=1e-3, ms_per_iter=10.0 + i, tokens_per_s=1600.0, time_s=dt * i, ms_fwd_bwd=6.0,
+                         ms_step=3.0, ms_factors=1.0, ms_decomp=0.5, ms_precond=1.5, peak_mem_mb=100.0 + i)
+                    for i in range(1, iters + 1)]
+        if final is not None:
+            records.append(dict(kind='eval', iter=iters, train_loss=final, val_loss=final,
+                                val_loss_se=0.01 * float(arg(args, 'seed', 1)), time_s=dt * iters))
+        log = ''.join(f'iter {i}\n' for i in range(60))
+        log += "FloatingPointError: training diverged: the loss is nan at iteration 1\n" if final is None else "done\n"
+        write_run(run_dir, records, log, max_iters=iters, lr_decay_iters=int(arg(args, 'lr_decay_iters', iters)),
+                  seed=int(arg(args, 'seed', 1337)), data_seed=int(arg(args, 'data_seed', 1337)))
+        open(os.path.join(run_dir, 'ckpt.pt'), 'wb').close()
+        return 1 if final is None else 0
+    return run_one
+
+
+def lr_loss(args):
+    """|log10(lr) + 2| + 1: lr=1e-2 is the best; an lr above 1 diverges."""
+    lr = float(arg(args, 'learning_rate'))
+    return None if lr > 1 else abs(math.log10(lr) + 2) + 1
+
+
+fake_run = fake_train(lr_loss)
 
 
 def test_tune_keeps_each_optimizers_best_and_plot_cli(tmp_path, monkeypatch):
     """--tune lr=... runs the grid per optimizer and keeps the lowest final val loss; a diverged grid point is never
-    the best; a knob the optimizer does not take is not tuned. plot.py plots every trial, the diverged one too."""
+    the best; a knob the optimizer does not take is not tuned; a best on a numeric axis' edge (kfac's damping, where
+    every value ties: the first stays the best) gets one point beyond it. plot.py plots every trial, the diverged
+    one too, and a comma-joined group of folders as one run."""
     monkeypatch.setattr(bench, 'run_one', fake_run)
     monkeypatch.chdir(tmp_path)
     bench.main(['config/adamw_small.py', '--optimizers=adamw,kfac', '--out_dir=out', '--target_loss=1.5',
@@ -106,20 +135,25 @@ def test_tune_keeps_each_optimizers_best_and_plot_cli(tmp_path, monkeypatch):
     trials = [(t['trial'], t['status']) for t in results['trials']]
     assert trials[:3] == [('adamw learning_rate=1e30', 'diverged'), ('adamw learning_rate=1e-3', 'ok'),
                           ('adamw learning_rate=1e-2', 'ok')]
-    assert len(trials) == 3 + 6 and trials[3] == ('kfac learning_rate=1e30 damping=1e-3', 'diverged')
+    assert len(trials) == 3 + 6 + 1 and trials[3] == ('kfac learning_rate=1e30 damping=1e-3', 'diverged')
+    assert trials[-1] == ('kfac learning_rate=1e-2 damping=1e-4', 'ok')  # 1e-3 * 1e-3 / 1e-2: one step below
     adamw, kfac = results['rows']
     assert adamw['tuned'] == {'learning_rate': '1e-2'} and adamw['final_val_loss'] == 1.0
-    assert kfac['tuned'] == {'learning_rate': '1e-2', 'damping': '1e-3'}
+    assert kfac['tuned'] == {'learning_rate': '1e-2', 'damping': '1e-3'} and kfac['edge'] == []
+    assert kfac['grid'] == {'learning_rate': ['1e-3', '1e-2', '1e30'], 'damping': ['1e-4', '1e-3', '1e-2']}
+    assert adamw['grid'] == {'learning_rate': ['1e-3', '1e-2', '1e30']}
     assert adamw['steps_to_target'] == 4 and adamw['tokens'] == 4 * 16 and adamw['peak_mem_mb'] == 104.0
     assert adamw['ms_per_iter'] == 12.5 and adamw['ms_factors'] == 1.0  # medians over the train records
     assert 'training diverged' in results['trials'][0]['error']
     table = open(tmp_path / 'out' / 'results.md').read()
-    assert '| adamw | learning_rate=1e-2 | ok | 1.0000 | 1.0000 | 4 | 0.0 | 4 | 0.0 | 12.5 | 6.0 | 1.0 |' in table
+    assert '| adamw | learning_rate=1e-2 | learning_rate=1e-3,1e-2,1e30 | — | ok | 1.0000 | 1.0000 | 4 | 0.0 | 4 | ' \
+           '0.0 | 12.5 | 6.0 | 1.0 |' in table
     assert '| adamw learning_rate=1e30 | diverged | — |' in table  # the grid's trials, below the table
     assert_valid_pngs(tmp_path / 'out')
 
     out = tmp_path / 'plots'
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'plot.py'), *[t['out_dir'] for t in results['trials']],
+    dirs = [t['out_dir'] for t in results['trials']]
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'plot.py'), *dirs, ','.join(dirs[1:3]),
                              f'--out={out}', '--target_loss=2.0'], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_valid_pngs(out)
@@ -128,7 +162,8 @@ def test_tune_keeps_each_optimizers_best_and_plot_cli(tmp_path, monkeypatch):
 def test_study_file_with_config_runs_and_parallel_jobs(tmp_path, monkeypatch):
     """A study file sets runs (an optimizer with overrides, a config file), the shared train.py arguments, a tuning
     grid and jobs; the command line adds to it. A config file's run is train.py FILE <shared> <overrides>, named
-    after the file and tuned as its optimizer; runs at the same time still land in the table in the order given."""
+    after the file and tuned as its optimizer; runs at the same time still land in the table in the order given.
+    A study's results go to results/<study> (relative to the current folder), its checkpoints to its out_dir."""
     calls = []
 
     def recording_run(args, run_dir, nproc):
@@ -140,9 +175,12 @@ def test_study_file_with_config_runs_and_parallel_jobs(tmp_path, monkeypatch):
     (tmp_path / 'my_adamw.py').write_text("optimizer = 'adamw'\nlearning_rate = 3e-3\n")
     (tmp_path / 'study.py').write_text(
         "runs = ['my_adamw.py', 'kfac:damping=1e-2']\ntrain_args = ['--max_iters=4', '--eval_interval=2']\n"
-        "tune = ['lr=1e-3,1e-2']\njobs = 2\nout_dir = 'out-study'\ntarget_loss = 'my_adamw'\n")
+        "tune = ['lr=1e-3,1e-2']\njobs = 2\nout_dir = 'out-study'\ntarget_loss = 'my_adamw'\n"
+        "max_grid_extensions = 0\n")
     bench.main(['study.py', '--runs=eva', '--eval_interval=4', '--tune=damping=1e-1,1'])
-    with open(tmp_path / 'out-study' / 'results.json') as f:
+    assert not os.path.exists(tmp_path / 'out-study' / 'results.json')
+    assert os.path.exists(tmp_path / 'out-study' / 'my_adamw_learning_rate=1e-3' / 'ckpt.pt')
+    with open(tmp_path / 'results' / 'study' / 'results.json') as f:
         results = json.load(f)
     assert [t['trial'] for t in results['trials']] == [
         'my_adamw learning_rate=1e-3', 'my_adamw learning_rate=1e-2',  # adamw takes no damping: not tuned
@@ -164,11 +202,308 @@ def test_study_file_with_config_runs_and_parallel_jobs(tmp_path, monkeypatch):
     # the same study with one run more: only its two trials run, the others are read from their folders
     bench.main(['study.py', '--runs=eva', '--eval_interval=4', '--tune=damping=1e-1,1', '--runs=soap'])
     assert len(calls) == 12 and all('--optimizer=soap' in a for a in calls[10:])
-    with open(tmp_path / 'out-study' / 'results.json') as f:
+    with open(tmp_path / 'results' / 'study' / 'results.json') as f:
         again = json.load(f)
     assert [r['name'] for r in again['rows']] == ['my_adamw', 'kfac damping=1e-2', 'eva', 'soap']
     assert [t['reused'] for t in again['trials']] == [True] * 10 + [False] * 2
     assert [t['final_val_loss'] for t in again['trials'][:10]] == [t['final_val_loss'] for t in results['trials']]
+
+
+SEED_FIELDS = {'seeds', 'final_val_losses', 'final_val_loss_mean', 'final_val_loss_sd', 'final_val_loss_ci95',
+               'diff_to_reference_mean', 'diff_to_reference_ci95', 'val_loss_se', 'grid', 'tuned', 'edge', 'out_dirs',
+               'speedup_tokens', 'speedup_seconds', 'speedup_tokens_ci95', 'speedup_seconds_ci95', 'speedup_beyond',
+               'speedup_tokens_per_seed', 'speedup_seconds_per_seed'}
+
+
+def interval(values):
+    """mean ± t(0.975, n − 1) sd / √n, by hand."""
+    values = np.array(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return [values.mean() - half, values.mean() + half]
+
+
+def test_seeds_reference_and_ladder_end_to_end(tiny_data, tmp_path):
+    """Real train.py runs: adamw and muon at seeds 1 and 2 (the first seed's runs get --seed and --data_seed too),
+    adamw also at twice the budget (the ladder). Each row's mean, sd, interval and paired difference to adamw equal
+    a computation from its per-seed finals; its eval se is the mean of the final evaluations' val_loss_se; adamw's
+    speedup against its own ladder is 1. Results, plots (a line and band per row) and the kept records go to
+    results_dir, the checkpoints stay in out_dir."""
+    results_dir = tmp_path / 'results'
+    result, results = run_bench(tiny_data, tmp_path / 'out', '--max_iters=6', '--eval_interval=3',
+                                '--optimizers=adamw,muon', '--seeds=1,2', '--reference=adamw', '--ladder=adamw',
+                                '--ladder_budgets=1,2', results_dir=results_dir)
+    trials = {t['trial']: t for t in results['trials']}
+    assert list(trials) == ['adamw seed=1', 'adamw seed=2', 'adamw seed=1 tokens=2x', 'adamw seed=2 tokens=2x',
+                            'muon seed=1', 'muon seed=2']
+    for t in trials.values():
+        with open(os.path.join(t['out_dir'], 'config.json')) as f:
+            c = json.load(f)
+        assert c['seed'] == c['data_seed'] == t['seed'] and t['status'] == 'ok'
+        budget = 2 if t['trial'].endswith('tokens=2x') else 1
+        assert (c['max_iters'], c['lr_decay_iters'], c['warmup_iters']) == (6 * budget, 20 * budget, 2)
+        assert t['iters'] == 6 * budget and t['val_loss_se'] > 0
+    adamw, muon = results['rows']
+    assert (adamw['name'], muon['name']) == ('adamw', 'muon')
+    for row in results['rows']:
+        assert SEED_FIELDS | FIELDS <= row.keys() and row['seeds'] == [1, 2]
+        mine = [trials[f"{row['name']} seed={s}"] for s in (1, 2)]
+        finals = [t['final_val_loss'] for t in mine]
+        assert row['final_val_losses'] == finals and finals[0] != finals[1]  # the seeds differ
+        assert row['final_val_loss_mean'] == pytest.approx(np.mean(finals))
+        assert row['final_val_loss_sd'] == pytest.approx(np.std(finals, ddof=1))
+        assert row['final_val_loss_ci95'] == pytest.approx(interval(finals))
+        diffs = [a - b for a, b in zip(finals, adamw['final_val_losses'])]
+        assert row['diff_to_reference_mean'] == pytest.approx(np.mean(diffs))
+        assert row['diff_to_reference_ci95'] == pytest.approx(interval(diffs))
+        assert row['val_loss_se'] == pytest.approx(np.mean([t['val_loss_se'] for t in mine]))
+        assert row['trial'] == f"{row['name']} seed=1" and row['out_dirs'] == [t['out_dir'] for t in mine]
+    assert adamw['diff_to_reference_mean'] == 0 and adamw['diff_to_reference_ci95'] == [0, 0]
+    assert adamw['speedup_tokens_per_seed'] == [1, 1] and adamw['speedup_seconds_per_seed'] == [1, 1]
+    assert len(muon['speedup_tokens_per_seed']) == 2 and results['ladder']['budgets'] == [1, 2]
+    assert [s['seed'] for s in results['ladder']['seeds']] == [1, 2]
+    table = open(results_dir / 'results.md').read()
+    assert '| run | tuned at seed 1 | status | final val | ± sd | 95% CI | eval se | Δ adamw | Δ 95% CI | ' \
+           '× tokens' in table and 'Tuned at the first seed (1) only' in table
+    assert_valid_pngs(results_dir)
+    assert not os.path.exists(tmp_path / 'out' / 'results.json')
+    for t in trials.values():  # each run's records kept, no checkpoint; the checkpoint where it ran
+        kept = results_dir / 'runs' / t['trial'].replace(' ', '_')
+        assert sorted(os.listdir(kept)) == ['bench.json', 'config.json', 'metrics.jsonl', 'train.log']
+        assert os.path.exists(os.path.join(t['out_dir'], 'ckpt.pt'))
+
+
+def lr_damping_loss(args):
+    """lr_loss plus |log10(damping) + 1| where the run has a damping: the best is lr 1e-2, damping 1e-1."""
+    damping = arg(args, 'damping')
+    return lr_loss(args) + (abs(math.log10(float(damping)) + 1) if damping else 0)
+
+
+def test_grid_extends_beyond_its_edges(tmp_path, monkeypatch):
+    """Best at the grid's edge: one point one step further out along that axis (the ratio of the two outermost
+    values), the other axes at the best's values, until the best is inside, at most max_grid_extensions rounds;
+    a best still on the edge after them is flagged."""
+    monkeypatch.setattr(bench, 'run_one', fake_train(lr_damping_loss))
+    monkeypatch.chdir(tmp_path)
+    grid = ['--tune', 'lr=1e-4,1e-3', '--tune', 'damping=1e-1,1']
+    bench.main(['--optimizers=kfac,adamw', '--out_dir=out', *grid])
+    with open(tmp_path / 'out' / 'results.json') as f:
+        results = json.load(f)
+    assert [t['trial'] for t in results['trials']] == [
+        *[f'kfac learning_rate={lr} damping={d}' for lr in ('1e-4', '1e-3') for d in ('1e-1', '1')],
+        'kfac learning_rate=1e-2 damping=1e-1', 'kfac learning_rate=1e-3 damping=1e-2',  # round 1: both edges
+        'kfac learning_rate=1e-1 damping=1e-1',  # round 2: lr=1e-2 is the best, on the edge again
+        'adamw learning_rate=1e-4', 'adamw learning_rate=1e-3', 'adamw learning_rate=1e-2', 'adamw learning_rate=1e-1']
+    kfac, adamw = results['rows']
+    assert kfac['tuned'] == {'learning_rate': '1e-2', 'damping': '1e-1'} and kfac['final_val_loss'] == 1.0
+    assert kfac['grid'] == {'learning_rate': ['1e-4', '1e-3', '1e-2', '1e-1'], 'damping': ['1e-2', '1e-1', '1']}
+    assert adamw['tuned'] == {'learning_rate': '1e-2'} and kfac['edge'] == adamw['edge'] == []
+
+    bench.main(['--optimizers=kfac,adamw', '--out_dir=out1', '--max_grid_extensions=1', *grid])
+    with open(tmp_path / 'out1' / 'results.json') as f:
+        results = json.load(f)
+    assert len(results['trials']) == 6 + 3
+    kfac, adamw = results['rows']
+    assert kfac['tuned'] == {'learning_rate': '1e-2', 'damping': '1e-1'} and kfac['edge'] == ['learning_rate']
+    assert adamw['tuned'] == {'learning_rate': '1e-2'} and adamw['edge'] == ['learning_rate']
+    table = open(tmp_path / 'out1' / 'results.md').read()
+    assert '| adamw | learning_rate=1e-2 | learning_rate=1e-4,1e-3,1e-2 | learning_rate | ok | 1.0000 |' in table
+
+
+def test_beyond_edges_steps_along_one_axis():
+    def points(*values):
+        return [[('learning_rate', v), ('fisher', 'empirical')] for v in values]
+    grid = points('1e-3', '3e-3', '1e-2')
+    assert bench.beyond_edges(grid, grid[0]) == points('3.33e-4')  # 1e-3 / (3e-3 / 1e-3)
+    assert bench.beyond_edges(grid, grid[2]) == points('3.33e-2')
+    assert bench.beyond_edges(grid, grid[1]) == [] and bench.beyond_edges(grid[:1], grid[0]) == []
+    words = [[('fisher', 'empirical')], [('fisher', 'sampled')]]
+    assert bench.beyond_edges(words, words[0]) == []
+    ints = [[('factor_update_freq', v)] for v in ('5', '10')]
+    assert bench.beyond_edges(ints, ints[0]) == [[('factor_update_freq', '2')]]  # 2.5, an integer axis: 2
+    assert bench.beyond_edges(ints, ints[1]) == [[('factor_update_freq', '20')]]
+    two = [[('learning_rate', lr), ('damping', d)] for lr in ('1e-3', '1e-2') for d in ('1e-2', '1e-1', '1')]
+    assert bench.beyond_edges(two, two[1]) == [[('learning_rate', '1e-4'), ('damping', '1e-1')]]
+    assert bench.beyond_edges(two, two[5]) == [[('learning_rate', '1e-1'), ('damping', '1')],
+                                               [('learning_rate', '1e-2'), ('damping', '1e1')]]
+
+
+def seeded_loss(args):
+    """lr_loss plus 0.01 x seed; muon diverges at seed 2."""
+    if arg(args, 'optimizer') == 'muon' and arg(args, 'seed') == '2':
+        return None
+    return lr_loss(args) + 0.01 * int(arg(args, 'seed', 0))
+
+
+def test_tune_iters_and_a_diverged_seed(tmp_path, monkeypatch):
+    """--tune_iters: the grid at the first seed on runs of that many iterations (a whole schedule), then the best
+    point at the full length at every seed. A seed that diverges leaves its row without a mean, flagged."""
+    calls = []
+
+    def recording_run(args, run_dir, nproc):
+        calls.append(args)
+        return fake_train(seeded_loss)(args, run_dir, nproc)
+
+    monkeypatch.setattr(bench, 'run_one', recording_run)
+    monkeypatch.chdir(tmp_path)
+    bench.main(['--optimizers=adamw,muon', '--out_dir=out', '--max_iters=4', '--tune', 'lr=1e-3,1e-2,1e-1',
+                '--tune_iters=2', '--seeds=1,2', '--reference=adamw'])
+    with open(tmp_path / 'out' / 'results.json') as f:
+        results = json.load(f)
+    assert [t['trial'] for t in results['trials']][:5] == [
+        'adamw learning_rate=1e-3 seed=1 max_iters=2', 'adamw learning_rate=1e-2 seed=1 max_iters=2',
+        'adamw learning_rate=1e-1 seed=1 max_iters=2', 'adamw learning_rate=1e-2 seed=1',
+        'adamw learning_rate=1e-2 seed=2']
+    short = [a for a in calls if '--optimizer=adamw' in a][:3]
+    assert all(a[-3:-1] == ['--max_iters=2', '--lr_decay_iters=2'] and '--seed=1' in a for a in short)
+    full = [a for a in calls if '--optimizer=adamw' in a][3:]
+    assert [(arg(a, 'max_iters'), arg(a, 'seed'), arg(a, 'data_seed')) for a in full] == [('4', '1', '1'),
+                                                                                         ('4', '2', '2')]
+    adamw, muon = results['rows']
+    assert adamw['iters'] == 4 and adamw['final_val_losses'] == pytest.approx([1.01, 1.02])
+    assert adamw['tuned'] == {'learning_rate': '1e-2'} and adamw['final_val_loss_mean'] == pytest.approx(1.015)
+    assert muon['final_val_losses'] == [pytest.approx(1.01), None] and muon['status'] == 'diverged'
+    assert muon['error'].startswith('seed 2: ') and 'training diverged' in muon['error']
+    for key in ('final_val_loss_mean', 'final_val_loss_sd', 'final_val_loss_ci95', 'diff_to_reference_mean',
+                'diff_to_reference_ci95'):
+        assert muon[key] is None
+    table = open(tmp_path / 'out' / 'results.md').read()
+    assert '| muon | learning_rate=1e-2 | learning_rate=1e-3,1e-2,1e-1 | — | diverged | — |' in table
+    assert 'on runs of 2 iterations' in table
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_restarted_study_reads_its_kept_runs(tmp_path, monkeypatch):
+    """A study interrupted mid-way keeps each ended run's records in results_dir/runs/<run>/ (no checkpoint, the
+    log's last 50 lines); restarted on another machine (out_dir gone) it runs only what is missing, and a third
+    time nothing at all, with the same results."""
+    calls = []
+
+    def interrupted_run(args, run_dir, nproc):
+        if len(calls) == 2:  # the third run is killed half-way: records, no end
+            write_run(run_dir, [dict(kind='eval', iter=0, train_loss=3.0, val_loss=3.0, time_s=0.0)], "iter 0\n")
+            raise Interrupted
+        calls.append(arg(args, 'wandb_run_name'))
+        return fake_train(seeded_loss)(args, run_dir, nproc)
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'study.py').write_text(
+        "runs = ['adamw', 'soap']\ntrain_args = ['--max_iters=4']\ntune = ['lr=1e-3,1e-2,1e-1']\n"
+        "seeds = [1, 2]\nreference = 'adamw'\nout_dir = 'out'\nresults_dir = 'kept'\n")
+    monkeypatch.setattr(bench, 'run_one', interrupted_run)
+    with pytest.raises(Interrupted):
+        bench.main(['study.py'])
+    ran = list(calls)
+    assert sorted(os.listdir(tmp_path / 'kept' / 'runs')) == sorted(t.replace(' ', '_') for t in ran)
+    kept = tmp_path / 'kept' / 'runs' / ran[0].replace(' ', '_')
+    assert sorted(os.listdir(kept)) == ['bench.json', 'config.json', 'metrics.jsonl', 'train.log']
+    log = open(kept / 'train.log').read().splitlines()
+    assert len(log) == 50 and log[-1] == 'done'
+
+    def recording_run(args, run_dir, nproc):
+        calls.append(arg(args, 'wandb_run_name'))
+        return fake_train(seeded_loss)(args, run_dir, nproc)
+
+    monkeypatch.setattr(bench, 'run_one', recording_run)
+    shutil.rmtree(tmp_path / 'out')
+    bench.main(['study.py'])
+    with open(tmp_path / 'kept' / 'results.json') as f:
+        results = json.load(f)
+    assert len(results['trials']) == 8 and len(calls) == 8 and not set(calls[len(ran):]) & set(ran)
+    assert [t['trial'] for t in results['trials'] if t['reused']] == ran
+    assert all(t['out_dir'] == os.path.join('kept', 'runs', t['trial'].replace(' ', '_'))
+               for t in results['trials'] if t['reused'])
+    shutil.rmtree(tmp_path / 'out')
+    bench.main(['study.py'])
+    assert len(calls) == 8  # nothing ran
+    with open(tmp_path / 'kept' / 'results.json') as f:
+        again = json.load(f)
+    varies = {'out_dir', 'out_dirs', 'reused', 'wall_s'}
+    assert [{k: v for k, v in r.items() if k not in varies} for r in again['rows']] == \
+           [{k: v for k, v in r.items() if k not in varies} for r in results['rows']]
+    assert all(t['reused'] for t in again['trials']) and os.path.exists(tmp_path / 'kept' / 'results.md')
+
+
+def ladder_loss(args):
+    """adamw's final val loss falls with its budget (2.0, 1.8, 1.7 after 4, 8, 16 iterations); muon ends between
+    adamw's 2x and 4x at seed 1 and between its 1x and 2x at seed 2, soap below its 4x, kfac above its 1x."""
+    seed = int(arg(args, 'seed'))
+    return {'adamw': {4: 2.0, 8: 1.8, 16: 1.7}[int(arg(args, 'max_iters'))], 'muon': {1: 1.75, 2: 1.85}[seed],
+            'soap': 1.6, 'kfac': 2.1}[arg(args, 'optimizer')]
+
+
+def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
+    """Speedup against adamw's ladder (1x, 2x, 4x its tokens, each a whole schedule; 16 tokens and 0.01 s an
+    iteration, muon 0.02 s): the tokens adamw needs for a run's final loss (linear in log tokens between budgets)
+    over the run's, its seconds there over the run's; '> 4x' below the ladder, '< 1x' above it."""
+    calls = []
+
+    def recording_run(args, run_dir, nproc):
+        calls.append(args)
+        return fake_train(ladder_loss, lambda a: 0.02 if arg(a, 'optimizer') == 'muon' else 0.01)(args, run_dir, nproc)
+
+    monkeypatch.setattr(bench, 'run_one', recording_run)
+    monkeypatch.chdir(tmp_path)
+    bench.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', '--seeds=1,2',
+                '--reference=adamw', '--ladder=adamw'])
+    with open(tmp_path / 'out' / 'results.json') as f:
+        results = json.load(f)
+    ladder = [a for a in calls if 'tokens=' in a[-1]]
+    assert [(arg(a, 'seed'), arg(a, 'max_iters'), arg(a, 'lr_decay_iters')) for a in ladder] == [
+        ('1', '8', '8'), ('1', '16', '16'), ('2', '8', '8'), ('2', '16', '16')]
+    assert results['ladder']['seeds'][0] == dict(seed=1, tokens=[64, 128, 256], final_val_losses=[2.0, 1.8, 1.7],
+                                                 seconds=pytest.approx([0.04, 0.08, 0.16]), monotone=True)
+    rows = {r['name']: r for r in results['rows']}
+    # muon: seed 1 ends at 1.75, halfway from 1.8 (128 tokens) to 1.7 (256): 128 * 2^0.5 tokens, 0.12 s of adamw's;
+    # seed 2 at 1.85, 3/4 of the way from 2.0 (64) to 1.8 (128): 64 * 2^0.75 tokens, 0.07 s; muon took 0.08 s
+    tokens, seconds = [2 ** 1.5, 2 ** 0.75], [0.12 / 0.08, 0.07 / 0.08]
+    muon = rows['muon']
+    assert muon['speedup_tokens_per_seed'] == pytest.approx(tokens)
+    assert muon['speedup_seconds_per_seed'] == pytest.approx(seconds)
+    assert muon['speedup_tokens'] == pytest.approx(np.mean(tokens)) and muon['speedup_beyond'] is None
+    assert muon['speedup_tokens_ci95'] == pytest.approx(interval(tokens))
+    assert muon['speedup_seconds_ci95'] == pytest.approx(interval(seconds))
+    assert rows['adamw']['speedup_tokens'] == 1 and rows['adamw']['speedup_seconds'] == pytest.approx(1)
+    soap, kfac = rows['soap'], rows['kfac']  # outside the ladder: its bounds, no interval
+    assert (soap['speedup_tokens'], soap['speedup_seconds'], soap['speedup_beyond']) == (4, pytest.approx(4), '>')
+    assert (kfac['speedup_tokens'], kfac['speedup_seconds'], kfac['speedup_beyond']) == (1, pytest.approx(1), '<')
+    assert soap['speedup_tokens_ci95'] is None and kfac['speedup_seconds_ci95'] is None
+    assert muon['diff_to_reference_mean'] == pytest.approx(-0.2)
+    assert soap['diff_to_reference_mean'] == pytest.approx(-0.4)
+    table = open(tmp_path / 'out' / 'results.md').read()
+    assert '| soap | — | ok | 1.6000 | 0.0000 | [1.6000, 1.6000] | 0.0150 | -0.4000* | [-0.4000, -0.4000] | ' \
+           '> 4.00× | — | > 4.00× | — |' in table
+    assert '| kfac | — | ok | 2.1000 |' in table
+    assert '| +0.1000* | [+0.1000, +0.1000] | < 1.00× | — | < 1.00× |' in table
+    assert '| -0.2000 | [' in table  # muon's interval holds 0: no star
+
+    def rising(args):  # adamw's 2x run ends above its 1x: the ladder uses the running minimum, and says so
+        return {4: 2.0, 8: 2.1, 16: 1.7}[int(arg(args, 'max_iters'))] if arg(args, 'optimizer') == 'adamw' else 1.9
+
+    monkeypatch.setattr(bench, 'run_one', fake_train(rising))
+    bench.main(['--optimizers=adamw,muon', '--out_dir=out-rising', '--max_iters=4', '--seeds=1',
+                '--ladder=adamw'])
+    with open(tmp_path / 'out-rising' / 'results.json') as f:
+        results = json.load(f)
+    assert results['ladder']['seeds'][0]['monotone'] is False
+    # 1.9: a third of the way from 2.0 (the minimum up to 128 tokens) to 1.7 (256 tokens)
+    assert results['rows'][1]['speedup_tokens'] == pytest.approx(2 * 2 ** (1 / 3))
+    assert results['rows'][1]['speedup_tokens_ci95'] is None  # one seed
+    assert "adamw's final val loss does not fall with its budget at seed(s) 1" in \
+        open(tmp_path / 'out-rising' / 'results.md').read()
+
+
+def test_mean_sd_ci_and_speedup_at_the_ladders_points():
+    assert bench.mean_sd_ci([1.0, 2.0, 3.0]) == (2.0, 1.0, pytest.approx([2 - 4.302653 / 3 ** 0.5,
+                                                                          2 + 4.302653 / 3 ** 0.5]))
+    assert bench.mean_sd_ci([1.5]) == (1.5, None, None)
+    assert bench.mean_sd_ci([1.5, None]) == (None, None, None)
+    ladder = [(256, 1.7, 1.6), (64, 2.0, 0.4), (128, 1.8, 0.8)]  # any order
+    assert bench.speedup(ladder, 1.7, 64, 0.4) == (pytest.approx(4), pytest.approx(4), None)  # exactly its 4x
+    assert bench.speedup(ladder, 2.0, 64, 0.8) == (pytest.approx(1), pytest.approx(0.5), None)
+    assert bench.speedup(ladder, 1.69, 32, 0.4) == (8, 4, '>') and bench.speedup(ladder, 2.01, 32, 0.4) == (2, 1, '<')
 
 
 def test_parse_runs_and_tune_grid():
@@ -251,15 +586,24 @@ STUDIES = sorted(glob.glob(os.path.join(REPO, 'config', 'ablations', '*.py')) +
 @pytest.mark.parametrize('study', STUDIES, ids=os.path.basename)
 def test_study_files_name_real_configs_and_globals(study, monkeypatch):
     """Every run of each study file (config/ablations, config/bench) is a train.py command the configurator takes:
-    its config file exists and sets known globals, its overrides, shared arguments and grid keys are globals."""
+    its config file exists and sets known globals, its overrides, shared arguments and grid keys are globals; its
+    reference, ladder and target name its runs. A config file not written yet is skipped (after the others pass)."""
     monkeypatch.chdir(REPO)
     settings = bench.read_py(study)
-    assert settings['runs'] and set(settings) <= {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs',
-                                                  'nproc'}
+    assert settings['runs'] and set(settings) <= bench.STUDY_KEYS
     specs = bench.parse_runs('', ';'.join(settings['runs']))
+    names = [bench.run_name(spec, overrides) for spec, overrides in specs]
+    for key in ('reference', 'ladder', 'target_loss'):
+        assert not isinstance(settings.get(key), str) or settings[key] in names, key
+    assert all(isinstance(s, int) for s in settings.get('seeds', []))
+    assert all(isinstance(k, (int, float)) and k >= 1 for k in settings.get('ladder_budgets', []))
     grid = bench.parse_tune(settings.get('tune', []))
     shared = settings.get('train_args', [])
+    missing = []
     for spec, overrides in specs:
+        if spec.endswith('.py') and not os.path.exists(spec):
+            missing.append(spec)
+            continue
         for point in grid:
             args = [spec] if spec.endswith('.py') else [f'--optimizer={spec}']
             args += [*shared, *[f'--{k}={v}' for k, v in overrides + point]]
@@ -268,6 +612,8 @@ def test_study_files_name_real_configs_and_globals(study, monkeypatch):
             exec(open(os.path.join(REPO, 'configurator.py')).read(), namespace)
             from optim import OPTIMIZERS
             assert namespace['optimizer'] in OPTIMIZERS
+    if missing:
+        pytest.skip(f"config files not written yet: {', '.join(missing)}")
 
 
 @pytest.mark.parametrize('config', sorted(glob.glob(os.path.join(REPO, 'config', '*.py'))), ids=os.path.basename)
