@@ -94,7 +94,6 @@ point; status and error: the first seed's that did not end well, 'pending' for o
                           '<>' (both: no mean); null without a ladder
 """
 
-import inspect
 import itertools
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import json
@@ -203,11 +202,11 @@ def parse_tune(tunes):
 def tuned_here(optimizer, key):
     """False for an optimizer knob that this optimizer does not take (--tune damping=... leaves AdamW's runs
     alone); True for everything else: train.py's own globals, and optimizers not in the registry."""
-    from optim import OPTIMIZERS  # torch and the optimizers: seconds to import, so only when tuning
+    from optim import OPTIMIZERS, accepted_args  # torch and the optimizers: seconds to import, so only when tuning
     if optimizer not in OPTIMIZERS or key == 'learning_rate':
         return True
-    knobs = {k for f in OPTIMIZERS.values() for k in inspect.signature(f).parameters}
-    return key not in knobs or key in inspect.signature(OPTIMIZERS[optimizer]).parameters
+    knobs = {k for name in OPTIMIZERS for k in accepted_args(name)}
+    return key not in knobs or key in accepted_args(optimizer)
 
 
 def axis_values(points, axis):

@@ -88,6 +88,8 @@ exclude = ''  # comma-separated module names left to AdamW
 max_factor_dim = 4096  # layers with a wider factor are left to AdamW
 eigen_refresh = 'eigh'  # 'eigh' or 'qr' (one power iteration + QR from the previous eigenbasis)
 grafting = 'none'  # 'none' or 'adam': each layer's update rescaled to the norm of AdamW's
+cross_terms = 0.0  # fixed_fisher: γ in [0, 1], the share of KFAC's cross terms put back (0: Fixed Fisher, 1: KFAC)
+solve = 'inverse'  # kfac: 'inverse' (the damped factors' inverses) or 'eigen' (Fixed Fisher's solve with γ = 1)
 muon_lr_scale = 1.0  # muon: Muon's learning rate relative to learning_rate (its AdamW part's)
 # learning rate schedule: linear warmup, cosine decay to min_lr
 decay_lr = True

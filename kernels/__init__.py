@@ -54,7 +54,8 @@ def damped_inverse(M, damping, backend=None, *, x0=None, tol=1e-2, max_iters=Non
 def eigenbasis_precondition(V, Q_G, s_G, Q_A, s_A, damping, backend=None):
     """U = Q_G [(Q_Gᵀ V Q_A) ⊘ (s_G s_Aᵀ + damping)] Q_Aᵀ = (A ⊗ G + damping·I)⁻¹ vec(V), for V (..., d_out, d_in),
     Q_G (d_out, d_out), s_G (d_out,), Q_A (d_in, d_in), s_A (d_in,) (these shared, or batched like V). The
-    eigenvalues s_G, s_A must be ≥ 0 (clamp eigh's output). Returns U in V's dtype."""
+    eigenvalues s_G, s_A must be ≥ 0 (clamp eigh's output), and damping > 0, or damping = 0 with eigenvalues > 0
+    (KFAC's (s_G + β)(s_A + α), optim/fixed_fisher.py's damped_eigen_solve). Returns U in V's dtype."""
     name = 'eigenbasis_precondition'
     if not torch.is_tensor(V) or V.dim() < 2:
         raise ValueError(f"{name}: V must be a tensor (..., d_out, d_in), got {_desc(V)}")
@@ -65,12 +66,15 @@ def eigenbasis_precondition(V, Q_G, s_G, Q_A, s_A, damping, backend=None):
             raise ValueError(f"{name}: V is {tuple(V.shape)}, so {arg} must be {shape} or {tuple(batch + shape)}, "
                              f"got {_desc(t)}")
     if not (isinstance(damping, numbers.Real) or (torch.is_tensor(damping) and damping.numel() == 1)) \
-            or not math.isfinite(float(damping)) or not float(damping) > 0:
-        raise ValueError(f"{name}: damping must be one finite number > 0, got {damping}")
+            or not math.isfinite(float(damping)) or not float(damping) >= 0:
+        raise ValueError(f"{name}: damping must be one finite number >= 0, got {damping}")
     tensors = dict(V=V, Q_G=Q_G, s_G=s_G, Q_A=Q_A, s_A=s_A)
     backend = _backend(name, backend, list(tensors.values()))
     checks = {f'{k} has NaN/Inf': torch.isfinite(t).all() for k, t in tensors.items()}
-    checks['eigenvalues s_G, s_A must be ≥ 0 (clamp them)'] = (s_G.min() >= 0) & (s_A.min() >= 0)
+    if float(damping) > 0:
+        checks['eigenvalues s_G, s_A must be ≥ 0 (clamp them)'] = (s_G.min() >= 0) & (s_A.min() >= 0)
+    else:  # every denominator s_G s_Aᵀ must be positive
+        checks['with damping 0, eigenvalues s_G, s_A must be > 0'] = (s_G.min() > 0) & (s_A.min() > 0)
     _require(name, checks)
     fn = eigenbasis_precondition_ref if backend == 'torch' else eigenbasis_precondition_triton
     return fn(V, Q_G, s_G, Q_A, s_A, float(damping))

@@ -45,7 +45,21 @@ def build_optimizer(name, model, **cfg):
 def optimizer_kwargs(name, config):
     """The subset of config (e.g. train.py's globals) that optimizer `name` takes as keyword arguments,
     so that a config global such as `damping` reaches every optimizer that has a `damping` argument."""
+    return {k: config[k] for k in accepted_args(name) if k in config}
+
+
+def accepted_args(name):
+    """The keyword arguments optimizer `name` takes: its own and, where its __init__ passes **kwargs on to its base
+    class (KFAC: solve, then KroneckerOptimizer's), the base's, down to the first __init__ without **kwargs."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
-    params = inspect.signature(OPTIMIZERS[name]).parameters
-    return {k: config[k] for k in params if k != 'model' and k in config}
+    factory = OPTIMIZERS[name]
+    inits = [c.__init__ for c in factory.__mro__ if '__init__' in vars(c)] if inspect.isclass(factory) else [factory]
+    names = []
+    for init in inits:
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in ('self', 'model')]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))

@@ -7,6 +7,7 @@ as samples ("expand", Eschenhagen et al., 2023).
 import torch
 
 from kernels import damped_inverse  # (M + damping I)^-1: Triton Newton-Schulz on GPUs, Cholesky otherwise
+from optim.fixed_fisher import damped_eigen_solve, eigen_decompose
 from optim.kronecker import KroneckerOptimizer
 
 
@@ -19,7 +20,10 @@ class KFAC(KroneckerOptimizer):
     which is ((A + pi sqrt(lambda) I) (x) (G + sqrt(lambda)/pi I))^-1 vec(V): the damped Fisher it inverts is
     A (x) G + lambda I plus the two cross terms pi sqrt(lambda) I (x) G and sqrt(lambda)/pi A (x) I (Fixed Fisher
     removes them). Both inverses are refreshed every inv_update_freq steps and applied on every step; then
-    grafting, KL clipping, momentum and weight decay as in KroneckerOptimizer.
+    grafting, KL clipping, momentum and weight decay as in KroneckerOptimizer. solve='eigen' computes the same U in
+    the factors' eigenbases instead (Fixed Fisher's solve with cross_terms = 1: optim/fixed_fisher.py), with lambda
+    and pi taken at every step as Fixed Fisher takes them, so that KFAC and Fixed Fisher can differ in the cross
+    terms alone.
 
     Hyperparameters (defaults): lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3 (lambda, > 0),
     damping_mode='absolute' ('relative': lambda * (tr A/dim A)(tr G/dim G), so the two dampings become
@@ -27,7 +31,8 @@ class KFAC(KroneckerOptimizer):
     inv_update_freq=100, kl_clip=1e-3 (None: off), fisher='empirical' | 'sampled', exclude='',
     max_factor_dim=8192, grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8 (AdamW part and grafting),
     adamw_lr_scale=1.0,
-    damping_schedule='constant' | 'lm' (Levenberg-Marquardt, see KroneckerOptimizer), damping_update_freq=5.
+    damping_schedule='constant' | 'lm' (Levenberg-Marquardt, see KroneckerOptimizer), damping_update_freq=5,
+    solve='inverse' (two inverses, two products per step) | 'eigen' (two eigh, four rotations per step).
 
     Caveats:
     - pi is 1 where a factor's trace is 0 (a layer that has seen no signal yet).
@@ -36,7 +41,15 @@ class KFAC(KroneckerOptimizer):
     - Between inverse updates the inverses are stale: factors updated since then act only at the next refresh.
     """
 
+    def __init__(self, model, solve='inverse', **kwargs):  # kwargs: KroneckerOptimizer's (optim.accepted_args)
+        if solve not in ('inverse', 'eigen'):
+            raise ValueError(f"unknown solve {solve!r}; known: inverse, eigen")
+        self.solve = solve
+        super().__init__(model, **kwargs)
+
     def update_decomposition(self, st):
+        if self.solve == 'eigen':
+            return eigen_decompose(self, st, torch.float32)
         A, G = st['A'], st['G']
         a, g = A.diagonal().mean(), G.diagonal().mean()  # tr A / dim A, tr G / dim G
         lam = self.damping_for(a, g)
@@ -47,4 +60,6 @@ class KFAC(KroneckerOptimizer):
         st['damping_eff'] = torch.as_tensor(lam, dtype=A.dtype, device=A.device)
 
     def precondition(self, st, V):
+        if self.solve == 'eigen':
+            return damped_eigen_solve(self, st, V, cross_terms=1.0)
         return st['G_inv'] @ V @ st['A_inv']  # (d_out, d_in [+1])

@@ -309,6 +309,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         self.timer = self.capture.timer
         self.layer_state = {name: {} for name in self.modules_}  # factors, decompositions, buffers per layer
         self.steps, self.skipped_steps, self.decomp_retries, self._steps_since_log = 0, 0, 0, 0
+        self.decomp_shifts = 0  # decompositions that needed a shift of a factor (robust)
         self.decompositions = 0  # update_decomposition calls on this rank
         self.ranks = None  # under DDP (more than one rank): optim/distributed.py's Ranks, made by the setter below
         self._consolidated = None  # distribute='gradient': other ranks' layer states, for rank 0's next state_dict()
@@ -372,19 +373,34 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         return torch.where(ag > 0, self.damping * ag, torch.full_like(ag, self.damping))
 
     def robust(self, fn, M, damping, what):
-        """fn(M, damping) (an inverse or an eigendecomposition of the factor M, damping >= 0); if it raises or gives
-        non-finite values, once more in float64 with damping * 10 plus 1e-6 of M's mean diagonal, logged."""
-        try:
-            out = fn(M, damping)
-            if all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,))):
-                return out
-            why = 'non-finite result'
-        except (torch.linalg.LinAlgError, ValueError) as e:  # kernels raise ValueError for a non-PD factor
-            why = str(e).splitlines()[0]
+        """fn(M, damping) (an inverse or an eigendecomposition of the factor M, damping >= 0). If it raises or gives
+        non-finite values: again in float64 with the same damping (the same damped Fisher, more precision; counted
+        in decomp_retries, logged); only if that fails too, in float64 with M shifted by a larger damping, 10x plus
+        1e-6 of M's mean diagonal: a different Fisher (for Fixed Fisher a shift of a factor is a cross term), so it
+        is logged as such and counted in decomp_shifts."""
+        def attempt(M_, damping_):
+            try:
+                out = fn(M_, damping_)
+                if all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,))):
+                    return out, None
+                return None, 'non-finite result'
+            except (torch.linalg.LinAlgError, ValueError) as e:  # kernels raise ValueError for a non-PD factor
+                return None, str(e).splitlines()[0]
+
+        out, why = attempt(M, damping)
+        if out is not None:
+            return out
         self.decomp_retries += 1
-        more = 10 * float(damping) + 1e-6 * M.diagonal().abs().mean().item() + 1e-30
-        print(f"{type(self).__name__}: {what} failed in {M.dtype} ({why}); retrying in float64 with damping {more:.3g}")
-        out = fn(M.double(), more)
+        print(f"{type(self).__name__}: {what} failed in {M.dtype} ({why}); retrying in float64")
+        out, why = attempt(M.double(), damping)
+        if out is None:
+            more = 10 * float(damping) + 1e-6 * M.diagonal().abs().mean().item() + 1e-30
+            self.decomp_shifts += 1
+            print(f"{type(self).__name__}: {what} failed in float64 too ({why}); shifting the factor by {more:.3g} I "
+                  f"(a different damped Fisher; counted in decomp_shifts)")
+            out, why = attempt(M.double(), more)
+            if out is None:
+                raise torch.linalg.LinAlgError(f"{type(self).__name__}: {what} failed even shifted by {more:.3g}: {why}")
         return tuple(t.to(M.dtype) for t in out) if isinstance(out, tuple) else out.to(M.dtype)
 
     # ---- the loop ----
@@ -628,7 +644,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         damping_schedule='lm', then also lm_ratio: the last reduction ratio); damping_eff: the mean over layers of the
         lambda in use (differs in 'relative' mode); kl_nu: the last step's KL-clip factor (1: no clipping);
         update_grad_ratio: ||U|| / ||V|| over all preconditioned layers after grafting and clipping, before
-        momentum; skipped_steps, decomp_retries: counts since the start; ms_factors (hooks, sampled backward, running
+        momentum; skipped_steps, decomp_retries, decomp_shifts: counts since the start; ms_factors (hooks, sampled backward, running
         averages), ms_decomp, ms_precond (preconditioning, clipping, the weight update): mean ms per step since the
         last call."""
         n = max(self._steps_since_log, 1)
@@ -636,7 +652,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         lams = [st['damping_eff'] for st in self.layer_state.values() if 'damping_eff' in st]
         out = dict(damping=self.damping, damping_eff=float(sum(float(x) for x in lams) / len(lams)) if lams else
                    self.damping, kl_nu=float(self._nu), update_grad_ratio=float(self._ratio),
-                   skipped_steps=float(self.skipped_steps), decomp_retries=float(self.decomp_retries))
+                   skipped_steps=float(self.skipped_steps), decomp_retries=float(self.decomp_retries),
+                   decomp_shifts=float(self.decomp_shifts))
         if self.damping_schedule == 'lm':  # the last reduction ratio (NaN before the first)
             out['lm_ratio'] = float(self.lm_ratio)
         out.update({f'ms_{k}': ms.get(k, 0.0) / n for k in ('factors', 'decomp', 'precond')})
@@ -673,6 +690,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
                 print(f"{type(self).__name__}: state_dict() without consolidate_state_dict() on every rank first: the "
                       "layers of other ranks are saved without their decompositions (a resume recomputes them)")
         sd['kronecker'] = dict(steps=self.steps, skipped_steps=self.skipped_steps, decomp_retries=self.decomp_retries,
+                               decomp_shifts=self.decomp_shifts,
                                layers=layers, damping=self.damping, lm_ratio=self.lm_ratio)
         return sd
 
@@ -687,7 +705,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._link_adamw()
         self.steps, self.skipped_steps = kron['steps'], kron['skipped_steps']
-        self.decomp_retries = kron['decomp_retries']
+        self.decomp_retries, self.decomp_shifts = kron['decomp_retries'], kron.get('decomp_shifts', 0)
         if self.damping_schedule == 'lm':  # the adapted lambda goes on; with 'constant' the configured one holds
             self.damping, self.lm_ratio = kron.get('damping', self.damping), kron.get('lm_ratio', float('nan'))
         for name, st in kron['layers'].items():  # keep the saved dtypes (factors may be wider than the weights)

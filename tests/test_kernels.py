@@ -315,7 +315,9 @@ BAD_INPUTS = [
     pytest.param(lambda: kernels.eigenbasis_precondition(torch.ones(5), Q5, s5, Q5A, s5A, 0.1), 'V', id='eigen-1d'),
     pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5A, s5, Q5A, s5A, 0.1), 'Q_G', id='eigen-QG-shape'),
     pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5, Q5A, s5, 0.1), 's_A', id='eigen-sA-length'),
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5, Q5A, s5A, 0), 'damping', id='eigen-zero-damping'),
+    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5, Q5A, s5A, -0.1), 'damping', id='eigen-negative-damping'),
+    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5 * 0, Q5A, s5A, 0), 'with damping 0',
+                 id='eigen-zero-damping-zero-eigenvalue'),  # damping 0 only with positive (shifted) eigenvalues
     pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5, Q5A, s5A, torch.ones(2)), 'damping',
                  id='eigen-vector-damping'),
     pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, -s5, Q5A, s5A, 0.1), '≥ 0', id='eigen-negative-s'),

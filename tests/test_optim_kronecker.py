@@ -46,8 +46,9 @@ def augmented(module, use_grad=False):
     return torch.cat([W, b[:, None]], 1).detach().clone()
 
 
-def dense_fisher(name, A, G, damping, mode):
-    """The damped Fisher each method inverts, as a dense matrix acting on vec(V) (columns stacked)."""
+def dense_fisher(name, A, G, damping, mode, gamma=0.0):
+    """The damped Fisher each method inverts, as a dense matrix acting on vec(V) (columns stacked); fixed_fisher with
+    cross_terms = gamma: A (x) G + lambda I + gamma (beta A (x) I + alpha I (x) G), alpha = pi sqrt(lambda) = lambda/beta."""
     if name == 'eva':
         A, G = torch.outer(A, A), torch.outer(G, G)  # rank-one factors from the Kronecker vectors
     nA, nG = A.shape[0], G.shape[0]
@@ -57,7 +58,56 @@ def dense_fisher(name, A, G, damping, mode):
         pi = (a / g).sqrt()
         return torch.kron(A + pi * lam ** 0.5 * torch.eye(nA, dtype=A.dtype),
                           G + lam ** 0.5 / pi * torch.eye(nG, dtype=A.dtype))
-    return torch.kron(A, G) + lam * torch.eye(nA * nG, dtype=A.dtype)
+    eye = lambda n: torch.eye(n, dtype=A.dtype)
+    alpha, beta = (a / g).sqrt() * lam ** 0.5, lam ** 0.5 / (a / g).sqrt()
+    return torch.kron(A, G) + lam * eye(nA * nG) + gamma * (beta * torch.kron(A, eye(nG)) + alpha * torch.kron(eye(nA), G))
+
+
+def step_and_dense_solve(name, mode, lr=0.05, damping=3e-2, **kwargs):
+    """(weight change, -lr (damped Fisher)^-1 vec(V)) per layer for one contract step of a tiny float64 GPT."""
+    gpt, (X, Y) = tiny_gpt(), batch(0)
+    opt = build_optimizer(name, gpt, lr=lr, damping=damping, damping_mode=mode, **CONTRACT, **kwargs)
+    loss = gpt(X, Y)[1]
+    loss.backward()
+    layers = {n: gpt.get_submodule(n) for n in opt.modules_}
+    before = {n: (augmented(m), augmented(m, use_grad=True)) for n, m in layers.items()}
+    opt.step()
+    out = {}
+    for n, (A, G) in opt.factors().items():
+        W0, V = before[n]
+        F = dense_fisher(name, A, G, damping, mode, kwargs.get('cross_terms', 0.0))
+        U = torch.linalg.solve(F, V.T.reshape(-1)).reshape(V.shape[1], V.shape[0]).T
+        out[n] = (augmented(layers[n]) - W0, -lr * U)
+    return out
+
+
+@pytest.mark.parametrize('mode', ['absolute', 'relative'])
+@pytest.mark.parametrize('gamma', [0.0, 0.5, 1.0])
+def test_cross_terms_gamma_steps_by_the_dense_damped_inverse(gamma, mode):
+    """fixed_fisher's cross_terms = gamma against a dense torch.kron solve of A (x) G + lambda I + gamma (beta A (x) I
+    + alpha I (x) G): gamma = 0 is Fixed Fisher, 1 is KFAC's (A + alpha I) (x) (G + beta I)."""
+    for n, (step, reference) in step_and_dense_solve('fixed_fisher', mode, cross_terms=gamma).items():
+        torch.testing.assert_close(step, reference, rtol=1e-8, atol=1e-12, msg=lambda m: f'{n}: {m}')
+
+
+@pytest.mark.parametrize('mode', ['absolute', 'relative'])
+def test_kfac_eigen_solve_equals_its_inverse_and_fixed_fisher_at_gamma_one(mode):
+    """Three ways to KFAC's step, float64: kfac's inverses, kfac's eigenbasis solve, fixed_fisher with cross_terms=1;
+    they agree to 1e-10, and kfac's to the dense (A + alpha I) (x) (G + beta I) solve."""
+    steps = {(name, extra): step_and_dense_solve(name, mode, **dict([extra] if extra else []))
+             for name, extra in [('kfac', None), ('kfac', ('solve', 'eigen')), ('fixed_fisher', ('cross_terms', 1.0))]}
+    inverse = steps[('kfac', None)]
+    for n, (step, reference) in inverse.items():
+        torch.testing.assert_close(step, reference, rtol=1e-8, atol=1e-12)
+        for other in steps.values():
+            torch.testing.assert_close(other[n][0], step, rtol=1e-10, atol=1e-13, msg=lambda m: f'{n}: {m}')
+
+
+def test_bad_cross_terms_and_solve_are_errors():
+    with pytest.raises(ValueError, match='cross_terms'):
+        build_optimizer('fixed_fisher', tiny_gpt(), cross_terms=1.5)
+    with pytest.raises(ValueError, match='solve'):
+        build_optimizer('kfac', tiny_gpt(), solve='cholesky')
 
 
 @pytest.mark.parametrize('backward', ['optimizer', 'plain'])
@@ -243,23 +293,34 @@ def test_inf_activation_poisons_factors_and_is_skipped():
         assert torch.equal(A, factors[n][0]) and torch.equal(G, factors[n][1])
 
 
+@pytest.mark.parametrize('fails', [1, 2])
 @pytest.mark.parametrize('name,op', [('fixed_fisher', 'eigh'), ('kfac', 'cholesky_ex')])
-def test_failed_decomposition_retries_in_float64(name, op, monkeypatch, capsys):
+def test_failed_decomposition_retries_in_float64_with_the_same_damping(name, op, fails, monkeypatch, capsys):
+    """One failure: the retry decomposes the same damped factor in float64 (no shift: for Fixed Fisher a shift would
+    be a cross term). Two: the factor is shifted, logged as a different Fisher and counted in decomp_shifts."""
     real = getattr(torch.linalg, op)
     calls = []
 
-    def fails_once(M, *args, **kwargs):
-        calls.append(M.dtype)
-        if len(calls) == 1:
+    def fails_first(M, *args, **kwargs):
+        calls.append(M.detach().clone())
+        if len(calls) <= fails:
             raise torch.linalg.LinAlgError('simulated failure')
         return real(M, *args, **kwargs)
-    monkeypatch.setattr(torch.linalg, op, fails_once)
+    monkeypatch.setattr(torch.linalg, op, fails_first)
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=1, n_head=2, n_embd=8))  # float32
     opt = build_optimizer(name, gpt, factor_update_freq=1, inv_update_freq=1)
     train_step(opt, gpt, *batch(0))
-    assert calls[:2] == [torch.float32, torch.float64]
-    assert opt.diagnostics()['decomp_retries'] == 1.0 and 'retrying in float64' in capsys.readouterr().out
+    assert [M.dtype for M in calls[:fails + 1]] == [torch.float32, torch.float64, torch.float64][:fails + 1]
+    # the float64 retry decomposes the same matrix (the factor plus the same damping), to float32 rounding
+    torch.testing.assert_close(calls[1], calls[0].double(), rtol=1e-6, atol=1e-7)
+    out = capsys.readouterr().out
+    d = opt.diagnostics()
+    assert d['decomp_retries'] == 1.0 and 'retrying in float64' in out
+    assert d['decomp_shifts'] == fails - 1 and ('a different damped Fisher' in out) == (fails == 2)
+    if fails == 2:  # the shifted matrix: more on the diagonal, the same off it
+        off = ~torch.eye(calls[1].shape[0], dtype=torch.bool)
+        assert ((calls[2] - calls[1]).diagonal() > 0).all() and torch.equal(calls[2][off], calls[1][off])
     assert all(torch.isfinite(p).all() for p in gpt.parameters())
 
 
@@ -319,6 +380,6 @@ def test_diagnostics_and_a_short_run(name):
     assert losses[-1] < losses[0] - 0.3
     d = opt.diagnostics()
     assert set(d) == {'damping', 'damping_eff', 'kl_nu', 'update_grad_ratio', 'skipped_steps', 'decomp_retries',
-                      'ms_factors', 'ms_decomp', 'ms_precond'}
+                      'decomp_shifts', 'ms_factors', 'ms_decomp', 'ms_precond'}
     assert all(isinstance(v, float) for v in d.values())
     assert 0 < d['kl_nu'] <= 1 and d['update_grad_ratio'] > 0 and d['ms_factors'] > 0
