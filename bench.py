@@ -75,7 +75,8 @@ results.json: {"rows": the table's runs (each spec at its best point), "trials":
 grid point), seed, status, error, final_val_loss, best_val_loss, final_train_loss, val_loss_se (its final
 evaluation's), steps_to_target, seconds_to_target, iters, tokens, time_s, the ms keys, peak_mem_mb, out_dir (the
 folder its records were read from: OUT/<run>, or DIR/runs/<run> for a run read from there), returncode, wall_s
-(null where unknown or reused) and reused. A row has its first seed's full-length trial's keys (tuned: the best
+(null where unknown or reused), reused, and git_commit, git_clean (from its config.json: the commit train.py ran
+from, and whether no tracked file was modified). A row has its first seed's full-length trial's keys (tuned: the best
 point; status and error: the first seed's that did not end well, 'pending' for one not run yet) and
   grid                    {axis: every value tried}; edge: the axes whose best is still on the grid's edge
   seeds, final_val_losses the seeds (null: the config's) and each one's final val loss (null: diverged or failed),
@@ -341,6 +342,7 @@ def summarize(run_dir, returncode, target_loss):
     c = run_config(run_dir)
     if c is not None and row['iters'] is not None:
         row['tokens'] = row['iters'] * c['gradient_accumulation_steps'] * c['batch_size'] * c['block_size']
+    row['git_commit'], row['git_clean'] = (c or {}).get('git_commit'), (c or {}).get('git_clean')  # what it ran
     return row
 
 
@@ -442,8 +444,9 @@ def write_results(folder, table, results):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'results.md'), 'w') as f:
         f.write(table)
+    from checkpoint import git_state  # (imports torch: only once there are results)
     with open(os.path.join(folder, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=1)
+        json.dump({**results, **git_state()}, f, indent=1)  # and the commit bench.py ran from (each run's: its row)
 
 
 def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False, seeds=None,

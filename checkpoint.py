@@ -6,6 +6,7 @@ file is an error, not a program.
 """
 
 import os
+import subprocess
 
 import torch
 
@@ -40,3 +41,16 @@ def load_checkpoint(path, map_location='cpu'):
     if missing:
         raise RuntimeError(f"checkpoint {path} lacks the keys {missing}; it was not written by train.py")
     return checkpoint
+
+
+def git_state(folder=os.path.dirname(os.path.abspath(__file__))):
+    """Where a run's numbers came from: {'git_commit': HEAD's hash, 'git_clean': no tracked file modified}, or Nones
+    outside a git checkout (train.py writes it into config.json, bench.py into results.json)."""
+    try:
+        run = lambda *args: subprocess.run(['git', *args], cwd=folder, capture_output=True, text=True, timeout=10)
+        head, status = run('rev-parse', 'HEAD'), run('status', '--porcelain', '--untracked-files=no')
+        if head.returncode != 0 or status.returncode != 0:
+            return dict(git_commit=None, git_clean=None)
+        return dict(git_commit=head.stdout.strip(), git_clean=not status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return dict(git_commit=None, git_clean=None)

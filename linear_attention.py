@@ -176,8 +176,7 @@ def delta_rule_chunked(q, k, v, beta, chunk_size=64, initial_state=None):
 
 class _FastWeightAttention(nn.Module):
     """Shared by 'linear' and 'delta': c_attn makes q, k, v per head; q, k go through the feature map.
-    Optional config attributes (defaults if GPTConfig lacks them): feature_map 'dpfp' | 'elu' ('dpfp'),
-    dpfp_nu (1), chunk_size (64)."""
+    From GPTConfig: feature_map 'dpfp' | 'elu', dpfp_nu, chunk_size (train.py's config keys of the same names)."""
 
     def __init__(self, config):
         super().__init__()
@@ -187,9 +186,7 @@ class _FastWeightAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.feature_map = getattr(config, 'feature_map', 'dpfp')
-        self.dpfp_nu = getattr(config, 'dpfp_nu', 1)
-        self.chunk_size = getattr(config, 'chunk_size', 64)
+        self.feature_map, self.dpfp_nu, self.chunk_size = config.feature_map, config.dpfp_nu, config.chunk_size
         if self.feature_map not in ('dpfp', 'elu'):
             raise ValueError(f"unknown feature_map {self.feature_map!r}; known: 'dpfp', 'elu'")
         if not isinstance(self.chunk_size, int) or self.chunk_size <= 0:

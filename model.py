@@ -4,7 +4,6 @@ transformers. The attention is picked by GPTConfig.attention: 'softmax' is causa
 torch's scaled_dot_product_attention; other attentions (linear_attention.py) slot in through ATTENTIONS.
 """
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -96,6 +95,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
     attention: str = 'softmax'  # one of ATTENTIONS
+    feature_map: str = 'dpfp'  # linear and delta attention: 'dpfp' or 'elu' (elu+1) features of q and k
+    dpfp_nu: int = 1  # DPFP's nu: the feature dimension is 2 nu d_head
+    chunk_size: int = 64  # tokens per chunk of the chunked linear and delta rules (training)
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
@@ -168,12 +170,6 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :])  # list index keeps the time dim
             loss = None
         return logits, loss
-
-    def crop_block_size(self, block_size):
-        # model surgery to use a smaller block size than the one trained with
-        assert block_size <= self.config.block_size
-        self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
         """Model flops utilisation as a fraction of peak_flops (default: A100 bf16 peak, 312 TFLOPS).

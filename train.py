@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import git_state, load_checkpoint, save_checkpoint
 from data.common import load_meta
 from model import GPT, GPTConfig
 from optim import build_optimizer, optimizer_kwargs
@@ -65,6 +65,9 @@ n_embd = 768
 dropout = 0.0  # 0 for pretraining, 0.1+ for finetuning
 bias = False  # bias in Linears and LayerNorms
 attention = 'softmax'  # 'softmax' (linear_attention.py adds 'linear' and 'delta')
+feature_map = 'dpfp'  # 'linear' and 'delta': 'dpfp' or 'elu' (elu+1) features of queries and keys
+dpfp_nu = 1  # DPFP's nu (feature dimension 2 nu d_head)
+chunk_size = 64  # tokens per chunk of the chunked linear and delta rules
 # optimizer (optim/): shared names, so that `--damping=1e-2` reaches every optimizer that has a damping
 optimizer = 'adamw'  # a key of optim.OPTIMIZERS: 'adamw', 'kfac', 'eva', 'fixed_fisher', ...
 learning_rate = 6e-4  # peak learning rate, passed to the optimizer as lr
@@ -289,7 +292,8 @@ iter_num = 0
 best_val_loss = 1e9
 train_time_s = 0.0  # seconds spent in training steps, evaluation and checkpointing left out
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                  vocab_size=vocab_size, dropout=dropout, attention=attention)
+                  vocab_size=vocab_size, dropout=dropout, attention=attention, feature_map=feature_map,
+                  dpfp_nu=dpfp_nu, chunk_size=chunk_size)
 # what a resume may change: the length and learning-rate schedule of the run, evaluation, logging, checkpointing and
 # the machine; every other key (model, optimizer and its knobs, data, batch, seeds) defines the run and must match
 RESUMABLE = {'max_iters', 'learning_rate', 'decay_lr', 'warmup_iters', 'lr_decay_iters', 'min_lr', 'target_val_loss',
@@ -308,8 +312,9 @@ if init_from == 'resume':
                      f"does not change (README, Checkpoints and resume): " + '; '.join(differ))
     if master_process:
         print(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
-    for k in ['n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'attention']:
-        model_args[k] = checkpoint['model_args'][k]
+    for k in ['n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'attention', 'feature_map', 'dpfp_nu',
+              'chunk_size']:
+        model_args[k] = checkpoint['model_args'].get(k, model_args[k])  # older checkpoints lack the last three
 torch.manual_seed(seed)  # the same initial weights on every rank
 model = GPT(GPTConfig(**model_args))
 if checkpoint is not None:
@@ -420,7 +425,7 @@ if master_process:
     else:
         keep_metrics_until(metrics_path, iter_num)
     with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        json.dump(config, f, indent=1)
+        json.dump({**config, **git_state()}, f, indent=1)  # the config, and the commit the run ran from
     if wandb_log:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)

@@ -1,13 +1,17 @@
 """Linear and delta-rule fast-weight attention (linear_attention.py) and their use in model.py. float64, small."""
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
 from linear_attention import (delta_rule_chunked, delta_rule_recurrent, dpfp, elu_plus_one,
                               linear_attention_chunked, linear_attention_recurrent, sum_norm)
+from checkpoint import load_checkpoint
+from data.common import write_meta
 from model import GPT, GPTConfig
 from optim import build_optimizer
+from test_train import train
 
 B, H, T, D, D_V = 2, 3, 37, 6, 5  # T is a multiple of none of the chunk sizes
 CHUNKS = [8, 16, 64]  # 64 > T: one chunk, the fully parallel form
@@ -127,8 +131,9 @@ def test_sum_norm_gives_unit_l1_and_survives_zero_features():
 # in the model
 
 def tiny_gpt(attention, chunk_size=8, block_size=32):
-    config = GPTConfig(block_size=block_size, vocab_size=13, n_layer=2, n_head=2, n_embd=16, attention=attention)
-    config.chunk_size = chunk_size  # several chunks at T ~ 30, with a ragged last chunk
+    # several chunks at T ~ 30, with a ragged last chunk
+    config = GPTConfig(block_size=block_size, vocab_size=13, n_layer=2, n_head=2, n_embd=16, attention=attention,
+                       chunk_size=chunk_size)
     torch.manual_seed(0)
     return GPT(config).double().eval()
 
@@ -231,3 +236,26 @@ def test_bad_shapes_and_arguments_are_errors():
         tiny_gpt('softmax').forward_recurrent(torch.zeros(1, 1, dtype=torch.long))
     with pytest.raises(ValueError, match='block_size'):
         tiny_gpt('delta', block_size=8).forward_recurrent(torch.zeros(1, 1, dtype=torch.long), pos0=8)
+
+
+@pytest.mark.parametrize('attention', ['linear', 'delta'])
+def test_chunk_size_and_feature_map_are_config_fields(attention, tmp_path):
+    """GPTConfig's chunk_size changes how the chunked rule is computed, not what (same logits to float64 rounding);
+    feature_map='elu' changes the model; train.py takes both as config keys and keeps them in the checkpoint."""
+    idx = torch.randint(0, 13, (2, 30), generator=torch.Generator().manual_seed(1))
+    logits = [all_logits(tiny_gpt(attention, chunk_size=c), idx) for c in (4, 8, 32)]
+    for other in logits[1:]:
+        torch.testing.assert_close(other, logits[0], rtol=1e-10, atol=1e-12)
+    config = GPTConfig(block_size=32, vocab_size=13, n_layer=2, n_head=2, n_embd=16, attention=attention,
+                       feature_map='elu')
+    torch.manual_seed(0)
+    assert not torch.allclose(all_logits(GPT(config).double().eval(), idx), logits[0])
+    data = tmp_path / 'data'
+    data.mkdir()
+    for split in ('train', 'val'):
+        np.tile(np.arange(12, dtype=np.uint16), 200).tofile(data / f'{split}.bin')
+    write_meta(data, [chr(97 + i) for i in range(16)])
+    train(data, tmp_path / 'out', f'--attention={attention}', '--feature_map=elu', '--chunk_size=4', '--dpfp_nu=2',
+          '--max_iters=2', '--eval_interval=2')
+    model_args = load_checkpoint(str(tmp_path / 'out' / 'ckpt.pt'))['model_args']
+    assert (model_args['feature_map'], model_args['chunk_size'], model_args['dpfp_nu']) == ('elu', 4, 2)

@@ -179,3 +179,17 @@ def test_eval_reports_the_standard_error_of_its_batches(tiny_data, tmp_path):
         se[n] = records(tmp_path, 'eval')[-1]['val_loss_se']
     assert se[1] == 0 and 0 < se[32] < se[8] < records(tmp_path, 'eval')[-1]['val_loss']
     assert 1.3 < se[8] / se[32] < 3.5  # sqrt(4) = 2, up to the spread of an estimated sd
+
+
+def test_config_json_records_the_commit_the_run_ran_from(tiny_data, tmp_path):
+    """config.json carries git_commit (HEAD of the checkout train.py ran from, as git itself says) and git_clean."""
+    train(tiny_data, tmp_path, '--max_iters=1', '--eval_interval=1')
+    with open(tmp_path / 'config.json') as f:
+        config = json.load(f)
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True)
+    if head.returncode != 0:
+        assert config['git_commit'] is None and config['git_clean'] is None
+        return
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    assert config['git_commit'] == head.stdout.strip() and config['git_clean'] == (not dirty)
