@@ -92,7 +92,9 @@ max_factor_dim = 4096  # layers with a wider factor are left to AdamW
 eigen_refresh = 'eigh'  # 'eigh' or 'qr' (one power iteration + QR from the previous eigenbasis)
 grafting = 'none'  # 'none' or 'adam': each layer's update rescaled to the norm of AdamW's
 cross_terms = 0.0  # fixed_fisher: γ in [0, 1], the share of KFAC's cross terms put back (0: Fixed Fisher, 1: KFAC)
-solve = 'inverse'  # kfac: 'inverse' (the damped factors' inverses) or 'eigen' (Fixed Fisher's solve with γ = 1)
+solve = ''  # '' the method's own; kfac: 'inverse' (its default) | 'eigen' (the eigenbasis solve at γ = 1);
+# fixed_fisher: 'eigen' (its default) | 'kfac_cg' (CG on (A⊗G + λI) u = v from KFAC's answer, no eigh)
+cg_steps = 2  # fixed_fisher with solve='kfac_cg': CG steps (0 is KFAC)
 muon_lr_scale = 1.0  # muon: Muon's learning rate relative to learning_rate (its AdamW part's)
 # learning rate schedule: linear warmup, cosine decay to min_lr
 decay_lr = True

@@ -7,7 +7,7 @@ kept as the Kronecker product nearest to the running empirical Fisher of the gra
 
 import torch
 
-from optim.fixed_fisher import eigh_psd, qr_refresh
+from optim.solves import eigh_psd, qr_refresh
 from optim.kronecker import KroneckerOptimizer
 
 

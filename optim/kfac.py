@@ -6,9 +6,8 @@ as samples ("expand", Eschenhagen et al., 2023).
 
 import torch
 
-from kernels import damped_inverse  # (M + damping I)^-1: Triton Newton-Schulz on GPUs, Cholesky otherwise
-from optim.fixed_fisher import damped_eigen_solve, eigen_decompose
 from optim.kronecker import KroneckerOptimizer
+from optim.solves import damped_eigen_solve, eigen_decompose, kfac_inverses
 
 
 class KFAC(KroneckerOptimizer):
@@ -32,7 +31,8 @@ class KFAC(KroneckerOptimizer):
     max_factor_dim=8192, grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8 (AdamW part and grafting),
     adamw_lr_scale=1.0,
     damping_schedule='constant' | 'lm' (Levenberg-Marquardt, see KroneckerOptimizer), damping_update_freq=5,
-    solve='inverse' (two inverses, two products per step) | 'eigen' (two eigh, four rotations per step).
+    solve='inverse' (two inverses, two products per step; '' is 'inverse') | 'eigen' (two eigh, four rotations per
+    step).
 
     Caveats:
     - pi is 1 where a factor's trace is 0 (a layer that has seen no signal yet).
@@ -42,6 +42,7 @@ class KFAC(KroneckerOptimizer):
     """
 
     def __init__(self, model, solve='inverse', **kwargs):  # kwargs: KroneckerOptimizer's (optim.accepted_args)
+        solve = solve or 'inverse'
         if solve not in ('inverse', 'eigen'):
             raise ValueError(f"unknown solve {solve!r}; known: inverse, eigen")
         self.solve = solve
@@ -50,14 +51,7 @@ class KFAC(KroneckerOptimizer):
     def update_decomposition(self, st):
         if self.solve == 'eigen':
             return eigen_decompose(self, st, torch.float32)
-        A, G = st['A'], st['G']
-        a, g = A.diagonal().mean(), G.diagonal().mean()  # tr A / dim A, tr G / dim G
-        lam = self.damping_for(a, g)
-        pi = torch.where((a > 0) & (g > 0), (a / g).sqrt(), torch.ones_like(a))
-        root = lam ** 0.5
-        st['A_inv'] = self.robust(damped_inverse, A, (pi * root).item(), 'inverse of A')
-        st['G_inv'] = self.robust(damped_inverse, G, (root / pi).item(), 'inverse of G')
-        st['damping_eff'] = torch.as_tensor(lam, dtype=A.dtype, device=A.device)
+        kfac_inverses(self, st)
 
     def precondition(self, st, V):
         if self.solve == 'eigen':

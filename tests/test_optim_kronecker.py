@@ -12,7 +12,7 @@ import torch
 
 from model import GPT, GPTConfig
 from optim import OPTIMIZERS, build_optimizer, optimizer_kwargs
-from optim.fixed_fisher import qr_refresh
+from optim.solves import qr_refresh
 from optim.kronecker import KroneckerOptimizer
 
 METHODS = ['kfac', 'fixed_fisher', 'eva']
@@ -64,7 +64,8 @@ def dense_fisher(name, A, G, damping, mode, gamma=0.0):
 
 
 def step_and_dense_solve(name, mode, lr=0.05, damping=3e-2, **kwargs):
-    """(weight change, -lr (damped Fisher)^-1 vec(V)) per layer for one contract step of a tiny float64 GPT."""
+    """(weight change, -lr (damped Fisher)^-1 vec(V), the dense damped Fisher) per layer, one contract step of a tiny
+    float64 GPT."""
     gpt, (X, Y) = tiny_gpt(), batch(0)
     opt = build_optimizer(name, gpt, lr=lr, damping=damping, damping_mode=mode, **CONTRACT, **kwargs)
     loss = gpt(X, Y)[1]
@@ -77,7 +78,7 @@ def step_and_dense_solve(name, mode, lr=0.05, damping=3e-2, **kwargs):
         W0, V = before[n]
         F = dense_fisher(name, A, G, damping, mode, kwargs.get('cross_terms', 0.0))
         U = torch.linalg.solve(F, V.T.reshape(-1)).reshape(V.shape[1], V.shape[0]).T
-        out[n] = (augmented(layers[n]) - W0, -lr * U)
+        out[n] = (augmented(layers[n]) - W0, -lr * U, F)
     return out
 
 
@@ -86,7 +87,7 @@ def step_and_dense_solve(name, mode, lr=0.05, damping=3e-2, **kwargs):
 def test_cross_terms_gamma_steps_by_the_dense_damped_inverse(gamma, mode):
     """fixed_fisher's cross_terms = gamma against a dense torch.kron solve of A (x) G + lambda I + gamma (beta A (x) I
     + alpha I (x) G): gamma = 0 is Fixed Fisher, 1 is KFAC's (A + alpha I) (x) (G + beta I)."""
-    for n, (step, reference) in step_and_dense_solve('fixed_fisher', mode, cross_terms=gamma).items():
+    for n, (step, reference, _) in step_and_dense_solve('fixed_fisher', mode, cross_terms=gamma).items():
         torch.testing.assert_close(step, reference, rtol=1e-8, atol=1e-12, msg=lambda m: f'{n}: {m}')
 
 
@@ -97,10 +98,31 @@ def test_kfac_eigen_solve_equals_its_inverse_and_fixed_fisher_at_gamma_one(mode)
     steps = {(name, extra): step_and_dense_solve(name, mode, **dict([extra] if extra else []))
              for name, extra in [('kfac', None), ('kfac', ('solve', 'eigen')), ('fixed_fisher', ('cross_terms', 1.0))]}
     inverse = steps[('kfac', None)]
-    for n, (step, reference) in inverse.items():
+    for n, (step, reference, _) in inverse.items():
         torch.testing.assert_close(step, reference, rtol=1e-8, atol=1e-12)
         for other in steps.values():
             torch.testing.assert_close(other[n][0], step, rtol=1e-10, atol=1e-13, msg=lambda m: f'{n}: {m}')
+
+
+@pytest.mark.parametrize('mode', ['absolute', 'relative'])
+def test_kfac_cg_goes_from_kfac_to_fixed_fisher(mode):
+    """solve='kfac_cg': 0 CG steps is KFAC's step; each step can only lower the error to the dense Fixed Fisher
+    solve in the (A (x) G + lambda I)-norm (CG's optimality); enough steps reach it to float64 rounding."""
+    kfac = step_and_dense_solve('kfac', mode)
+    exact = step_and_dense_solve('fixed_fisher', mode)
+    errors = {}
+    for k in (0, 1, 2, 4, 8, 200):
+        steps = step_and_dense_solve('fixed_fisher', mode, solve='kfac_cg', cg_steps=k)
+        errors[k] = {}
+        for n, (step, _, _) in steps.items():
+            if k == 0:
+                torch.testing.assert_close(step, kfac[n][0], rtol=1e-10, atol=1e-13)
+            e = (step - exact[n][1]).T.reshape(-1)  # vec, columns stacked, as the dense Fisher acts
+            errors[k][n] = float(e @ exact[n][2] @ e)
+    for n in errors[0]:
+        norms = [errors[k][n] for k in (0, 1, 2, 4, 8, 200)]
+        assert all(b <= a * (1 + 1e-9) + 1e-30 for a, b in zip(norms, norms[1:])), (n, norms)
+        assert norms[0] > 0 and norms[-1] <= 1e-20 * max(norms[0], 1e-300) + 1e-28, (n, norms)
 
 
 def test_bad_cross_terms_and_solve_are_errors():
@@ -108,6 +130,12 @@ def test_bad_cross_terms_and_solve_are_errors():
         build_optimizer('fixed_fisher', tiny_gpt(), cross_terms=1.5)
     with pytest.raises(ValueError, match='solve'):
         build_optimizer('kfac', tiny_gpt(), solve='cholesky')
+    with pytest.raises(ValueError, match='solve'):
+        build_optimizer('fixed_fisher', tiny_gpt(), solve='inverse')
+    with pytest.raises(ValueError, match='cg_steps'):
+        build_optimizer('fixed_fisher', tiny_gpt(), solve='kfac_cg', cg_steps=-1)
+    with pytest.raises(ValueError, match='kfac_cg'):
+        build_optimizer('fixed_fisher', tiny_gpt(), solve='kfac_cg', cross_terms=0.5)
 
 
 @pytest.mark.parametrize('backward', ['optimizer', 'plain'])
