@@ -7,3 +7,4 @@ train_args = ['--max_iters=1000', '--lr_decay_iters=1000', '--min_lr=0.0', '--ev
               '--log_interval=10']
 out_dir = 'out-ablation-attention'
 jobs = 2
+seeds = [1337, 1, 2]  # its conclusion rests on gaps below 0.05: three seeds, paired (the results below are of seed 1337)
