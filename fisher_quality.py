@@ -49,7 +49,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from checkpoint import load_checkpoint
 from model import GPT, GPTConfig
 from optim import OPTIMIZERS, build_optimizer
-from optim.kronecker import split_layers
+from optim.capture import split_layers
 
 here = os.path.dirname(os.path.abspath(__file__))
 # -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def ksl_step(L, R, V, decay):
 class DyKAF(KroneckerOptimizer):
     """DyKAF: per nn.Linear layer with gradient V (d_out, d_in [+1], bias as the last column), factors L (d_out side,
     st['G'], unit norm) and R (d_in side, st['A']) with F_emp ~ R (x) L, i.e. (A, G) = (R, L) as in
-    optim/kronecker.py, and their eigenbases Q_L, Q_R:
+    optim/capture.py, and their eigenbases Q_L, Q_R:
 
         first step:  (L, R) = ksl_step(V V^T/||V V^T||, V^T V/||V^T V||, V, 0): the pair nearest vec(V) vec(V)^T
                      after one power step from Shampoo's factors; Q from eigh; no update (SOAP: a gradient never

@@ -18,7 +18,7 @@ def eigenbasis_moments(a, g, Q_A, Q_G):
 
 class EKFAC(FixedFisher):
     """EKFAC: per nn.Linear layer, with A = Q_A diag(s_A) Q_A^T, G = Q_G diag(s_G) Q_G^T the eigendecompositions of
-    the factors (optim/kronecker.py, symbols of the paper) and a_m, g_m a factor-update step's per-token rows:
+    the factors (optim/capture.py, symbols of the paper) and a_m, g_m a factor-update step's per-token rows:
 
         s_new = (1/M) sum_m (Q_G^T g_m a_m^T Q_A)^2  = ((g Q_G)^2)^T (a Q_A)^2 / M          (d_out, d_in [+1])
         s     = s_new                           on a step that computes a new eigenbasis (every inv_update_freq)

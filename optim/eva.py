@@ -14,7 +14,7 @@ def vector_sum(x):
 
 
 class EVA(KroneckerOptimizer):
-    """EVA: per nn.Linear layer, the Kronecker vectors (running averages, see optim/kronecker.py)
+    """EVA: per nn.Linear layer, the Kronecker vectors (running averages, see optim/capture.py)
 
         a_bar = (1/M) sum_m a_m,   g_bar = (1/M) sum_m g_hat_m
 

@@ -14,7 +14,7 @@ from optim.solves import damped_eigen_solve, eigen_decompose, kfac_cg_solve, kfa
 
 class FixedFisher(KroneckerOptimizer):
     """Fixed Fisher: per nn.Linear layer, with A = Q_A diag(s_A) Q_A^T and G = Q_G diag(s_G) Q_G^T (the factors of
-    optim/kronecker.py, symbols as in the docs):
+    optim/capture.py, symbols as in the docs):
 
         U = Q_G [ (Q_G^T V Q_A) / (s_G s_A^T + lambda) ] Q_A^T  =  (A (x) G + lambda I)^-1 vec(V)
 

@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from optim.distributed import all_gather_rows
 from optim.kfac import KFAC
-from optim.kronecker import KroneckerOptimizer, unwrap
+from optim.capture import unwrap
+from optim.kronecker import KroneckerOptimizer
 from optim.rows import keep_rows
 
 

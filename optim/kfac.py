@@ -1,6 +1,6 @@
 """
 KFAC with factored Tikhonov damping (Martens & Grosse, 2015, "Optimizing Neural Networks with Kronecker-factored
-Approximate Curvature", ICML; section 6.3 for the pi correction), on the factors of optim/kronecker.py with tokens
+Approximate Curvature", ICML; section 6.3 for the pi correction), on the factors of optim/capture.py with tokens
 as samples ("expand", Eschenhagen et al., 2023).
 """
 
@@ -11,7 +11,7 @@ from optim.solves import damped_eigen_solve, eigen_decompose, kfac_inverses
 
 
 class KFAC(KroneckerOptimizer):
-    """KFAC: per nn.Linear layer, with A, G its Kronecker factors (symbols of the paper; see optim/kronecker.py):
+    """KFAC: per nn.Linear layer, with A, G its Kronecker factors (symbols of the paper; see optim/capture.py):
 
         pi = sqrt((tr A / dim A) / (tr G / dim G))
         U  = (G + (sqrt(lambda) / pi) I)^-1  V  (A + pi sqrt(lambda) I)^-1

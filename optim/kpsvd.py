@@ -64,7 +64,7 @@ def generalized_eigh(B, C):
 
 
 class KPSVD(FixedFisher):
-    """KPSVD: per nn.Linear layer, with a_m, g_m a factor-update step's per-token rows (optim/kronecker.py, symbols of
+    """KPSVD: per nn.Linear layer, with a_m, g_m a factor-update step's per-token rows (optim/capture.py, symbols of
     the paper), the pair (A, G) that minimises ||F - A (x) G||_F for the step's Fisher block
     F = (1/M) sum_m (a_m a_m^T) (x) (g_m g_m^T): the top singular pair of the rearranged F, found by warm-started
     power iteration on matrix-free products (nearest_kronecker; never forms F). (A, G) is averaged across
@@ -112,7 +112,7 @@ class KPSVD(FixedFisher):
 
 
 class KFACCorrected(KPSVD):
-    """KFAC-corrected (Koroko et al., 2023): per nn.Linear layer, KFAC's factors A, G (optim/kronecker.py) plus the
+    """KFAC-corrected (Koroko et al., 2023): per nn.Linear layer, KFAC's factors A, G (optim/capture.py) plus the
     Kronecker product A_2 (x) G_2 nearest to the rest of the step's Fisher block, F - A (x) G (nearest_kronecker
     with minus, warm-started; both averaged across factor-update steps), damped on the KFAC term as in optim/kfac.py:
 

@@ -1,6 +1,6 @@
 """
 Per-token rows for the methods that need more than summed factors (EKFAC, iEF, KPSVD): a FactorCapture
-(optim/kronecker.py) whose statistic also keeps the rows it was computed from, a (M, d_in [+1]) and g_hat (M, d_out)
+(optim/capture.py) whose statistic also keeps the rows it was computed from, a (M, d_in [+1]) and g_hat (M, d_out)
 of one optimizer step (its micro-steps concatenated in order), and puts them in the layer's state as st['rows']
 for that step only: clear(), which step() calls when it ends and zero_grad() calls, removes them.
 
@@ -10,7 +10,7 @@ all-gathers the rows (optim/distributed.py): every rank then holds the global ba
 
 import torch
 
-from optim.kronecker import FactorCapture
+from optim.capture import FactorCapture
 
 
 class Rows:

@@ -1,5 +1,5 @@
 """
-damping_schedule='lm' (optim/kronecker.py, adapt_damping): the Levenberg-Marquardt rule of Martens & Grosse (2015).
+damping_schedule='lm' (optim/kronecker.py's adapt_damping, optim/levenberg_marquardt.py): the Levenberg-Marquardt rule of Martens & Grosse (2015).
 The reduction ratio against one built from a dense exact Fisher (reverse-mode Jacobian, torch.func.jacrev, and the
 softmax Hessian per token) and autograd's gradient; lambda moves by (19/20)^T1 the way the ratio says; it is saved
 and resumed; train.py adapts and logs it end to end, and plot.py draws it.

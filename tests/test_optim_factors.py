@@ -1,5 +1,5 @@
 """
-Factor capture of optim/kronecker.py against independent references: curvlinops' KFAC (expand setting, mean
+Factor capture of optim/capture.py against independent references: curvlinops' KFAC (expand setting, mean
 reduction) on a tiny GPT and a tiny MLP with an in-place activation, and factors built by hand from per-token
 gradients computed with torch.func. Then the traps: attention projections hooked, tied head not, eval passes
 ignored, hooks removed on steps that update no factor, .grad untouched, micro-steps = one big step, torch.compile.

@@ -1,0 +1,56 @@
+"""
+Levenberg-Marquardt damping (Martens & Grosse, 2015, section 6.5), for KroneckerOptimizer.adapt_damping: the
+quadratic model of a step delta on some batches, measured exactly, and the rule that moves lambda by its reduction
+ratio rho = (h(theta + delta) - h(theta)) / (grad h^T delta + 1/2 delta^T F delta + 1/2 sum_layers lambda |delta|^2).
+"""
+
+import math
+
+import torch
+from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from optim.distributed import world
+
+
+@torch.no_grad()
+def quadratic_model(model, theta0, delta, batches):
+    """(h(theta), grad h^T delta, delta^T F delta, h(theta + delta)) averaged over batches (and over DDP's ranks), h the
+    mean cross-entropy of model(X, Y), theta0 and delta {parameter name: tensor}, the model's weights at theta + delta.
+    F is the exact Fisher (the Gauss-Newton matrix of softmax cross-entropy), from one forward-mode Jacobian-vector
+    product: F = J^T (diag(p) - p p^T) J / tokens. Eval mode: no dropout, and the factor hooks record nothing."""
+    was_training = model.training
+    model.eval()
+    device = next(iter(theta0.values())).device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # h(theta), grad h.delta, dFd, h(theta+d)
+    try:
+        for X, Y in batches:
+            def loss_and_logits(weights):
+                logits, loss = functional_call(model, weights, (X, Y))
+                return loss, logits
+            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # fused attention has no forward-mode AD
+                (h0, logits), (dh, dlogits) = jvp(loss_and_logits, (theta0,), (delta,))
+            p = logits.float().softmax(-1)
+            Jd = dlogits.float()  # J delta, per token (B, T, vocab)
+            dFd = ((p * Jd * Jd).sum(-1) - (p * Jd).sum(-1).square()).mean()
+            h1 = model(X, Y)[1]
+            sums += torch.stack([h0.detach(), dh.detach(), dFd, h1.detach()]).double()
+    finally:
+        model.train(was_training)
+    sums /= len(batches)
+    if world()[1] > 1:
+        torch.distributed.all_reduce(sums)
+        sums /= world()[1]
+    return sums.tolist()
+
+
+def levenberg_marquardt(damping, rho, predicted, update_freq):
+    """lambda <- omega lambda if rho > 3/4, lambda / omega if rho < 1/4, omega = (19/20)^T1, kept in [1e-10, 1e10];
+    a rho that is not finite, or a step the model predicts to raise the loss (predicted >= 0), leaves lambda."""
+    if math.isfinite(rho) and predicted < 0:
+        omega = (19 / 20) ** update_freq
+        if rho > 0.75:
+            return max(damping * omega, 1e-10)
+        if rho < 0.25:
+            return min(damping / omega, 1e10)
+    return damping
