@@ -23,3 +23,15 @@ def adamw(model, lr=6e-4, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8):
     on_cuda = all(p.is_cuda for g in groups for p in g['params'])
     fused = on_cuda and 'fused' in inspect.signature(torch.optim.AdamW).parameters
     return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, fused=fused)
+
+
+def block_matrices_and_rest(model, weight_decay, who):
+    """(the 2-D weights of model.transformer.h: the blocks' attention and MLP matrices, for a matrix optimizer,
+    and torch.optim.AdamW over every other parameter: embeddings, the tied lm_head, norms and biases) as Muon and
+    PSGD split a GPT (modded-nanogpt's split)."""
+    matrices = {id(p) for name, p in model.named_parameters()
+                if name.startswith('transformer.h.') and p.dim() == 2 and p.requires_grad}
+    if not matrices:
+        raise ValueError(f"no 2-D weights under model.transformer.h for {who}")
+    return [p for p in model.parameters() if id(p) in matrices], \
+        adamw_param_groups([p for p in model.parameters() if id(p) not in matrices], weight_decay)

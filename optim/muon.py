@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 import torch.optim._muon as torch_muon
 
-from optim.adamw import adamw_param_groups
+from optim.adamw import block_matrices_and_rest
 
 
 @contextmanager
@@ -64,18 +64,13 @@ class MuonAdamW(torch.optim.Optimizer):
                  muon_lr_scale=1.0, adjust_lr_fn='match_rms_adamw', ns_steps=5, ns_dtype='auto'):
         if ns_dtype not in ('auto', 'bfloat16', 'float32'):
             raise ValueError(f"unknown ns_dtype {ns_dtype!r}; known: auto, bfloat16, float32")
-        matrices = {id(p) for name, p in model.named_parameters()
-                    if name.startswith('transformer.h.') and p.dim() == 2 and p.requires_grad}
-        if not matrices:
-            raise ValueError("no 2-D weights under model.transformer.h for Muon")
-        hidden = [p for p in model.parameters() if id(p) in matrices]
+        hidden, rest = block_matrices_and_rest(model, weight_decay, 'Muon')
         if ns_dtype == 'auto':
             ns_dtype = 'bfloat16' if hidden[0].is_cuda else 'float32'
         self.ns_dtype = getattr(torch, ns_dtype)
         self.muon = torch.optim.Muon([{'params': hidden, 'lr_scale': muon_lr_scale}], lr=lr * muon_lr_scale,
                                      weight_decay=weight_decay, momentum=momentum, nesterov=True,
                                      ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
-        rest = adamw_param_groups([p for p in model.parameters() if id(p) not in matrices], weight_decay)
         self.adamw = torch.optim.AdamW(rest, lr=lr, betas=(beta1, beta2), eps=eps,
                                        fused=all(p.is_cuda for p in model.parameters()))
         super().__init__(self.muon.param_groups + self.adamw.param_groups, {})

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
-from optim.adamw import adamw_param_groups
+from optim.adamw import block_matrices_and_rest
 
 
 @contextmanager
@@ -92,17 +92,12 @@ class PSGDAdamW(torch.optim.Optimizer):
 
         if psgd_compile not in ('auto', True, False):
             raise ValueError(f"unknown psgd_compile {psgd_compile!r}; known: 'auto', True, False")
-        matrices = {id(p) for name, p in model.named_parameters()
-                    if name.startswith('transformer.h.') and p.dim() == 2 and p.requires_grad}
-        if not matrices:
-            raise ValueError("no 2-D weights under model.transformer.h for PSGD")
-        hidden = [p for p in model.parameters() if id(p) in matrices]
+        hidden, rest = block_matrices_and_rest(model, weight_decay, 'PSGD')
         device = hidden[0].device
         self.compile = device.type == 'cuda' if psgd_compile == 'auto' else psgd_compile
         q_dtype = 'float64' if hidden[0].dtype == torch.float64 else 'float32'  # Q at least as precise as W
         self.psgd = heavyball.PSGDKron(hidden, lr=lr, beta=beta1, weight_decay=weight_decay, precond_lr=precond_lr,
                                        max_size_triangular=max_factor_dim, q_dtype=q_dtype)
-        rest = adamw_param_groups([p for p in model.parameters() if id(p) not in matrices], weight_decay)
         self.adamw = torch.optim.AdamW(rest, lr=lr, betas=(beta1, beta2), eps=eps,
                                        fused=all(p.is_cuda for p in model.parameters()))
         self.rng = torch.Generator(device=device).manual_seed(seed)
