@@ -114,6 +114,7 @@ seed = 1337  # seeds the model's initialisation and dropout
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and (v is None or type(v) in (int, float, bool, str))]
 config_keys.remove('here')
+config_defaults = {k: globals()[k] for k in config_keys}  # before any override: what older checkpoints ran with
 
 
 def config_error(message):
@@ -166,8 +167,12 @@ if ddp:
     def report_stalled_ranks(kind, error, tb):
         """A collective that timed out: every rank that is still alive checks in at torchrun's key-value store (it
         outlives the broken process group), and the ranks that do not are named, as the last line."""
-        if isinstance(error, RuntimeError) and ('timed out' in str(error).lower() or 'timeout' in str(error).lower()):
-            prefix = f"nanofisher/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/alive/"
+        text = str(error).lower()
+        if isinstance(error, RuntimeError) and ('timed out' in text or 'timeout' in text) and \
+                any(word in text for word in ('gloo', 'nccl', 'pair closure', 'collective', 'watchdog')):
+            sys.__excepthook__(kind, error, tb)  # which collective, first
+            prefix = (f"nanofisher/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
+                      f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/alive/")
             try:
                 store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False,
                                       timeout=timedelta(seconds=10))
@@ -196,45 +201,60 @@ if master_process:
 
 def take_lock(path):
     """out_dir/train.lock holds the host and pid of the run writing out_dir: a second run is refused, and the lock
-    of a process that died is taken over (a lock from another host is refused: its process cannot be checked)."""
+    of a process that died is taken over (a lock from another host is refused: its process cannot be checked). The
+    lock appears whole (written to a temporary file, then hard-linked to its name, which fails if it exists)."""
     mine = json.dumps({'host': socket.gethostname(), 'pid': os.getpid()})
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+    with open(tmp, 'w') as f:
+        f.write(mine)
+    try:
+        for _ in range(5):
             try:
-                with open(path) as f:
-                    owner = json.load(f)
-                host, pid = owner['host'], int(owner['pid'])
-            except (OSError, ValueError, KeyError, TypeError):
-                host, pid = socket.gethostname(), -1  # torn or unreadable: its writer died while writing it
-            alive = host != socket.gethostname()
-            if not alive and pid > 0:
+                os.link(tmp, path)
+            except FileExistsError:
                 try:
-                    os.kill(pid, 0)
-                    alive = True
-                except ProcessLookupError:
-                    pass
-                except PermissionError:
-                    alive = True
-            if alive:
-                config_error(f"out_dir {out_dir!r} is in use by process {pid} on {host} ({path}); wait for it, or use "
-                             f"another --out_dir (delete the lock only if that process is gone)")
-            print(f"taking over {path} from process {pid}, which is gone")
-            os.remove(path)
-            continue
-        with os.fdopen(fd, 'w') as f:
-            f.write(mine)
-        atexit.register(lambda: os.path.exists(path) and open(path).read() == mine and os.remove(path))
-        return
+                    with open(path) as f:
+                        owner = json.load(f)
+                    host, pid = owner['host'], int(owner['pid'])
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                except (OSError, ValueError, KeyError, TypeError):
+                    host, pid = socket.gethostname(), -1  # unreadable: not written by take_lock
+                alive = host != socket.gethostname()
+                if not alive and 0 < pid != os.getpid():  # our own pid in a lock we have not taken: a past boot's
+                    try:
+                        os.kill(pid, 0)
+                        alive = True
+                    except ProcessLookupError:
+                        pass
+                    except PermissionError:
+                        alive = True
+                if alive:
+                    config_error(f"out_dir {out_dir!r} is in use by process {pid} on {host} ({path}); wait for it, "
+                                 f"or use another --out_dir (delete the lock only if that process is gone)")
+                print(f"taking over {path} from process {pid}, which is gone")
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass  # another run took it over first: the next link tells
+                continue
+            atexit.register(lambda: os.path.exists(path) and open(path).read() == mine and os.remove(path))
+            return
+        config_error(f"could not take the lock {path}: other runs keep taking it; is another train.py starting in "
+                     f"out_dir {out_dir!r}?")
+    finally:
+        os.remove(tmp)
 
 
 if master_process:
     take_lock(os.path.join(out_dir, 'train.lock'))
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-    if init_from == 'scratch' and os.path.exists(ckpt_path) and not overwrite:
-        config_error(f"out_dir {out_dir!r} already holds a checkpoint ({ckpt_path}); continue it with "
-                     f"--init_from=resume, replace it with --overwrite=True, or pick another --out_dir")
+    if init_from == 'scratch' and os.path.exists(ckpt_path):
+        if not overwrite:
+            config_error(f"out_dir {out_dir!r} already holds a checkpoint ({ckpt_path}); continue it with "
+                         f"--init_from=resume, replace it with --overwrite=True, or pick another --out_dir")
+        print(f"--overwrite=True: removing {ckpt_path} of the previous run")  # so nothing resumes or reports it
+        os.remove(ckpt_path)
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -307,8 +327,9 @@ checkpoint = None
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     checkpoint = load_checkpoint(ckpt_path, map_location=device)
-    differ = [f"{k}: checkpoint {checkpoint['config'][k]!r}, now {config[k]!r}" for k in config_keys
-              if k not in RESUMABLE and k in checkpoint['config'] and checkpoint['config'][k] != config[k]]
+    saved = {**config_defaults, **checkpoint['config']}  # a key an older checkpoint lacks ran at its default
+    differ = [f"{k}: checkpoint {saved[k]!r}, now {config[k]!r}" for k in config_keys
+              if k not in RESUMABLE and saved[k] != config[k]]
     if differ:
         config_error(f"--init_from=resume: {ckpt_path} was trained with another run's config, which a resume "
                      f"does not change (README, Checkpoints and resume): " + '; '.join(differ))
@@ -424,10 +445,11 @@ def keep_metrics_until(path, last_iter):
 if master_process:
     if init_from == 'scratch':
         open(metrics_path, 'w').close()
-    else:
+    elif not eval_only:  # an eval_only look at a checkpoint appends its evaluation and changes nothing else
         keep_metrics_until(metrics_path, iter_num)
-    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        json.dump({**config, **git_state()}, f, indent=1)  # the config, and the commit the run ran from
+    if not (eval_only and init_from == 'resume'):
+        with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+            json.dump({**config, **git_state()}, f, indent=1)  # the config, and the commit the run ran from
     if wandb_log:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
@@ -473,7 +495,7 @@ def save(val_loss):
 # training loop: iterations iter_num .. max_iters-1, with an evaluation every eval_interval and at the end
 start_iter = iter_num
 loss_ceiling = math.log(vocab_size) + divergence_nats  # above it a model predicts worse than uniform guessing
-worst_loss = torch.zeros((), device=device)  # the highest iteration loss since the last check (NaN sticks)
+iter_losses = []  # each iteration's mean loss on this rank since the last check
 skipped_in_a_row, skipped_before = 0, getattr(optimizer, 'skipped_steps', 0)
 last_val, saved_iter = None, None
 backward = getattr(optimizer, 'backward', None)  # Kronecker optimizers capture factors in their backward
@@ -540,7 +562,7 @@ while True:
         else:
             scaled_loss.backward()
     loss_sum += iter_loss
-    worst_loss = torch.maximum(worst_loss, iter_loss / gradient_accumulation_steps)  # NaN propagates
+    iter_losses.append(iter_loss / gradient_accumulation_steps)
     t1 = clock()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
@@ -563,13 +585,16 @@ while True:
                       f"up to iteration {iter_num}")
     if iter_num % log_interval == 0 or iter_num % eval_interval == 0 or iter_num >= max_iters:
         # every iteration's loss (not only the mean of a log interval), checked before it is logged or evaluated
-        worst = torch.nan_to_num(worst_loss, nan=math.inf)
-        if ddp:
-            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-        if not worst.item() <= loss_ceiling:
-            stop_diverged(f"an iteration's loss reached {worst.item():.4g} by iteration {iter_num}, above "
+        losses_now = torch.stack(iter_losses)
+        if ddp:  # each iteration's loss over the global batch: the same check for any number of ranks
+            dist.all_reduce(losses_now)
+            losses_now /= ddp_world_size
+        worst = losses_now.nan_to_num(nan=math.inf).max().item()
+        if not worst <= loss_ceiling:
+            said = 'NaN' if losses_now.isnan().any() else f'{worst:.4g}'
+            stop_diverged(f"an iteration's loss reached {said} by iteration {iter_num}, above "
                           f"ln(vocab_size) + divergence_nats = {loss_ceiling:.3g}")
-        worst_loss.zero_()
+        iter_losses.clear()
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
         # the mean loss of the global batches since the last log (a sync point: the .item() waits for the GPU)

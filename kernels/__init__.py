@@ -55,7 +55,7 @@ def eigenbasis_precondition(V, Q_G, s_G, Q_A, s_A, damping, backend=None):
     """U = Q_G [(Q_Gᵀ V Q_A) ⊘ (s_G s_Aᵀ + damping)] Q_Aᵀ = (A ⊗ G + damping·I)⁻¹ vec(V), for V (..., d_out, d_in),
     Q_G (d_out, d_out), s_G (d_out,), Q_A (d_in, d_in), s_A (d_in,) (these shared, or batched like V). The
     eigenvalues s_G, s_A must be ≥ 0 (clamp eigh's output), and damping > 0, or damping = 0 with eigenvalues > 0
-    (KFAC's (s_G + β)(s_A + α), optim/fixed_fisher.py's damped_eigen_solve). Returns U in V's dtype."""
+    (KFAC's (s_G + β)(s_A + α), optim/solves.py's damped_eigen_solve). Returns U in V's dtype."""
     name = 'eigenbasis_precondition'
     if not torch.is_tensor(V) or V.dim() < 2:
         raise ValueError(f"{name}: V must be a tensor (..., d_out, d_in), got {_desc(V)}")

@@ -214,9 +214,10 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         out, why = attempt(M, damping)
         if out is not None:
             return out
-        self.decomp_retries += 1
-        print(f"{type(self).__name__}: {what} failed in {M.dtype} ({why}); retrying in float64")
-        out, why = attempt(M.double(), damping)
+        if M.dtype != torch.float64:  # (already float64: only a shift is left to try)
+            self.decomp_retries += 1
+            print(f"{type(self).__name__}: {what} failed in {M.dtype} ({why}); retrying in float64")
+            out, why = attempt(M.double(), damping)
         if out is None:
             more = 10 * float(damping) + 1e-6 * M.diagonal().abs().mean().item() + 1e-30
             self.decomp_shifts += 1

@@ -87,11 +87,12 @@ def kfac_cg_solve(opt, st, V, steps):
     R = V - (G @ X @ A + lam * X)
     Z = precondition(R)
     D, rz = Z, (R * Z).sum()
-    for _ in range(steps):
+    for k in range(steps):
         MD = G @ D @ A + lam * D
         step = rz / (D * MD).sum().clamp_min(tiny)  # 0 once R is 0: X stays
         X, R = X + step * D, R - step * MD
-        Z = precondition(R)
-        rz, rz_old = (R * Z).sum(), rz
-        D = Z + (rz / rz_old.clamp_min(tiny)) * D
+        if k < steps - 1:  # the next direction (not needed after the last step)
+            Z = precondition(R)
+            rz, rz_old = (R * Z).sum(), rz
+            D = Z + (rz / rz_old.clamp_min(tiny)) * D
     return X

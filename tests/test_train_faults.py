@@ -249,3 +249,38 @@ def test_a_stalled_rank_stops_the_run_naming_it(tiny_data, tmp_path):
         launcher.kill()
     assert launcher.returncode != 0
     assert 'rank 0: a collective timed out after ddp_timeout_s=5; rank(s) 1 did not answer' in output, output[-3000:]
+
+
+def test_eval_only_resume_changes_neither_log_nor_config(tiny_data, tmp_path):
+    """Evaluating a checkpoint (always_save_checkpoint=False keeps the best, often before the last iteration) appends
+    its evaluation and keeps the records logged after the checkpoint and config.json."""
+    train(tiny_data, tmp_path, '--max_iters=4', '--eval_interval=4')
+    with open(tmp_path / 'metrics.jsonl', 'a') as f:
+        f.write(json.dumps(dict(iter=5, kind='train', loss=2.0)) + '\n')
+    config = (tmp_path / 'config.json').read_text()
+    train(tiny_data, tmp_path, '--init_from=resume', '--eval_only=True')
+    log = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+    assert [r['iter'] for r in log if r['kind'] == 'train'][-1] == 5 and log[-1]['kind'] == 'eval'
+    assert (tmp_path / 'config.json').read_text() == config
+
+
+def test_overwrite_removes_the_previous_runs_checkpoint(tiny_data, tmp_path):
+    """--overwrite=True: a new run that diverges before its first save leaves no checkpoint of the old run to be
+    resumed or reported as kept."""
+    train(tiny_data, tmp_path, '--max_iters=2', '--eval_interval=2')
+    result = train(tiny_data, tmp_path, '--overwrite=True', '--learning_rate=100', '--warmup_iters=0',
+                   '--max_iters=20', '--eval_interval=20', check=False)
+    assert result.returncode == 3 and 'no checkpoint was written' in last_line(result)
+    assert not os.path.exists(tmp_path / 'ckpt.pt')
+
+
+def test_resume_compares_a_key_an_older_checkpoint_lacks_with_its_default(tiny_data, tmp_path):
+    train(tiny_data, tmp_path, '--optimizer=fixed_fisher', '--max_iters=2', '--eval_interval=2')
+    path = str(tmp_path / 'ckpt.pt')
+    checkpoint = load_checkpoint(path)
+    del checkpoint['config']['cross_terms']  # as written before cross_terms existed (it ran at 0.0)
+    save_checkpoint(checkpoint, path)
+    result = train(tiny_data, tmp_path, '--optimizer=fixed_fisher', '--init_from=resume', '--max_iters=4',
+                   '--cross_terms=0.5', check=False)
+    assert result.returncode == 2 and 'cross_terms: checkpoint 0.0, now 0.5' in last_line(result)
+    train(tiny_data, tmp_path, '--optimizer=fixed_fisher', '--init_from=resume', '--max_iters=4')
