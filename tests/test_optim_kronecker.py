@@ -341,7 +341,7 @@ def test_failed_decomposition_retries_in_float64_with_the_same_damping(name, op,
     train_step(opt, gpt, *batch(0))
     assert [M.dtype for M in calls[:fails + 1]] == [torch.float32, torch.float64, torch.float64][:fails + 1]
     # the float64 retry decomposes the same matrix (the factor plus the same damping), to float32 rounding
-    torch.testing.assert_close(calls[1], calls[0].double(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(calls[1], calls[0].double(), rtol=1e-5, atol=1e-6)  # float32 rounding of M + λI
     out = capsys.readouterr().out
     d = opt.diagnostics()
     assert d['decomp_retries'] == 1.0 and 'retrying in float64' in out
