@@ -11,29 +11,9 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from model import GPT, GPTConfig
 from optim import build_optimizer, optimizer_kwargs
 from optim.psgd import PSGDAdamW, heavyball_compile
-
-
-def tiny_gpt(seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=8, vocab_size=13, n_layer=2, n_head=2, n_embd=16, bias=True))
-
-
-def batch(seed, B=4, T=8):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 13, (B, T), generator=g), torch.randint(0, 13, (B, T), generator=g)
-
-
-def train_step(opt, model, X, Y, lr):
-    for group in opt.param_groups:  # as train.py sets it every iteration
-        group['lr'] = lr * group.get('lr_scale', 1.0)
-    _, loss = model(X, Y)
-    loss.backward()  # a plain backward: PSGD needs no factors of its own
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss.item()
+from test_optim_baselines import batch, tiny_gpt, train_step  # the baselines' tiny GPT and train.py-like step
 
 
 def psgd_weights(opt):
