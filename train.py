@@ -246,9 +246,9 @@ def take_lock(path):
         os.remove(tmp)
 
 
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if master_process:
     take_lock(os.path.join(out_dir, 'train.lock'))
-    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if init_from == 'scratch' and os.path.exists(ckpt_path):
         if not overwrite:
             config_error(f"out_dir {out_dir!r} already holds a checkpoint ({ckpt_path}); continue it with "
@@ -325,7 +325,6 @@ RESUMABLE = {'max_iters', 'learning_rate', 'decay_lr', 'warmup_iters', 'lr_decay
              'ddp_timeout_s', 'dropout'}
 checkpoint = None
 if init_from == 'resume':
-    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     checkpoint = load_checkpoint(ckpt_path, map_location=device)
     saved = {**config_defaults, **checkpoint['config']}  # a key an older checkpoint lacks ran at its default
     differ = [f"{k}: checkpoint {saved[k]!r}, now {config[k]!r}" for k in config_keys
@@ -466,7 +465,7 @@ def stop_diverged(reason):
     """A diverged run stops here: logged, said as the last line, exit status 3; the last checkpoint stays as it was."""
     if master_process:
         log_metrics(dict(iter=iter_num, kind='diverged', reason=reason))
-        kept = f"{out_dir}/ckpt.pt is left as it was" if os.path.exists(os.path.join(out_dir, 'ckpt.pt')) else \
+        kept = f"{ckpt_path} is left as it was" if os.path.exists(ckpt_path) else \
             "no checkpoint was written"
         print(f"training diverged: {reason} ({kept}; try a smaller learning_rate or a larger damping)",
               file=sys.stderr)
@@ -489,7 +488,7 @@ def save(val_loss):
                           iter_num=iter_num, best_val_loss=best_val_loss, config=config, val_loss=val_loss,
                           rng_states=rng_states, data_seed=data_seed, train_time_s=train_time_s)
         print(f"saving checkpoint to {out_dir}")
-        save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
+        save_checkpoint(checkpoint, ckpt_path)
 
 
 # training loop: iterations iter_num .. max_iters-1, with an evaluation every eval_interval and at the end
