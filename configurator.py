@@ -5,9 +5,8 @@
 #
 # runs config/override_file.py, then sets batch_size = 32. The keys are the script's `config_keys` (else its globals
 # of plain types). Both kinds of override may only set known keys (a typo is an error that suggests the nearest one)
-# and must keep the default's type: an int is accepted for a float, and a key whose default is None takes None or a
-# number (a key that takes a string defaults to '' instead, as train.py's data_dir). Anything else is an error that
-# names the key. -h or --help prints the script's docstring and its keys with their defaults and comments.
+# and must keep the default's type: an int is accepted for a float, and a key whose default is None (off, or the
+# method's own choice) takes None, a number or a string. Anything else is an error that names the key. -h or --help prints the script's docstring and its keys with their defaults and comments.
 # (Comments, not a docstring: a docstring here would replace the script's __doc__ when exec'd in its globals.)
 
 import builtins
@@ -23,10 +22,10 @@ def _checked(key, value, defaults):
         hint = f"did you mean {near[0]!r}?" if near else "no known key is close"
         raise ValueError(f"unknown config key {key!r}; {hint} (python {sys.argv[0]} --help lists the keys)")
     old = defaults[key]
-    if old is None:  # e.g. kl_clip = None: off, or a number
-        if value is None or type(value) in (int, float):
+    if old is None:  # e.g. kl_clip = None: off, or a number; solve = None: the method's own, or a name
+        if value is None or type(value) in (int, float, str):
             return value
-        raise TypeError(f"config key {key!r} must be None or a number like its default None, "
+        raise TypeError(f"config key {key!r} must be None, a number or a string like its default None, "
                         f"got {type(value).__name__} {value!r}")
     if type(value) is type(old):
         return value

@@ -75,7 +75,7 @@ max_iters = 600000  # total iterations
 weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.95
-grad_clip = 1.0  # clip gradients at this norm, 0.0 disables
+grad_clip = 1.0  # clip gradients at this norm, None disables
 # Kronecker-factored optimizers (ignored by adamw)
 damping = 1e-3  # λ of the damped inverse
 damping_mode = 'absolute'  # 'absolute' or 'relative' (λ times the layer's mean eigenvalue of A⊗G)
@@ -89,10 +89,10 @@ kl_clip = None  # KL clip κ of the update, None disables
 fisher = 'empirical'  # 'empirical' (training labels) or 'sampled' (labels drawn from the model: the true Fisher)
 exclude = ''  # comma-separated module names left to AdamW
 max_factor_dim = 4096  # layers with a wider factor are left to AdamW
-eigen_refresh = 'eigh'  # 'eigh' or 'qr' (one power iteration + QR from the previous eigenbasis)
+eigen_refresh = 'none'  # eigenbasis methods: 'none' or 'qr' (one power iteration + QR between eigendecompositions)
 grafting = 'none'  # 'none' or 'adam': each layer's update rescaled to the norm of AdamW's
 cross_terms = 0.0  # fixed_fisher: γ in [0, 1], the share of KFAC's cross terms put back (0: Fixed Fisher, 1: KFAC)
-solve = ''  # '' the method's own; kfac: 'inverse' (its default) | 'eigen' (the eigenbasis solve at γ = 1);
+solve = None  # None: the method's own; kfac: 'inverse' (its default) | 'eigen' (the eigenbasis solve at γ = 1);
 # fixed_fisher: 'eigen' (its default) | 'kfac_cg' (CG on (A⊗G + λI) u = v from KFAC's answer, no eigh)
 cg_steps = 2  # fixed_fisher with solve='kfac_cg': CG steps (0 is KFAC)
 muon_lr_scale = 1.0  # muon: Muon's learning rate relative to learning_rate (its AdamW part's)
@@ -101,7 +101,7 @@ decay_lr = True
 warmup_iters = 2000
 lr_decay_iters = 600000  # ~= max_iters per Chinchilla
 min_lr = 6e-5  # ~= learning_rate/10 per Chinchilla
-target_val_loss = 0.0  # stop at the first evaluation at or below this val loss (0 disables): steps-to-target runs
+target_val_loss = None  # stop at the first evaluation at or below this val loss (None: off): steps-to-target runs
 # DDP
 backend = ''  # '' picks nccl on GPUs and gloo on CPUs
 ddp_timeout_s = 300  # seconds a rank waits for the others in a collective before the run stops, naming the late ranks
@@ -141,9 +141,10 @@ for key, ok in [('init_from', init_from in ('scratch', 'resume')), ('dtype', dty
                 ('batch_size', batch_size > 0), ('block_size', block_size > 0), ('warmup_iters', warmup_iters >= 0),
                 ('lr_decay_iters', not decay_lr or lr_decay_iters >= warmup_iters),
                 ('divergence_nats', divergence_nats > 0), ('max_skipped_steps', max_skipped_steps > 0),
-                ('ddp_timeout_s', ddp_timeout_s > 0)]:
+                ('ddp_timeout_s', ddp_timeout_s > 0), ('grad_clip', grad_clip is None or grad_clip > 0)]:
     if not ok:
-        hint = f" (must be >= warmup_iters={warmup_iters})" if key == 'lr_decay_iters' else ''
+        hint = {'lr_decay_iters': f" (must be >= warmup_iters={warmup_iters})",
+                'grad_clip': " (must be > 0; None turns clipping off)"}.get(key, '')
         config_error(f"bad config value {key}={globals()[key]!r}{hint}")
 
 # DDP: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
@@ -532,7 +533,7 @@ while True:
             if (improved or always_save_checkpoint) and iter_num > 0:
                 save(last_val)
                 saved_iter = iter_num
-        if 0 < target_val_loss and losses['val'] <= target_val_loss and not eval_only:
+        if target_val_loss is not None and losses['val'] <= target_val_loss and not eval_only:
             if master_process:
                 print(f"step {iter_num}: val loss {losses['val']:.4f} reached target_val_loss {target_val_loss}; stopping")
             is_last = True
@@ -563,7 +564,7 @@ while True:
     loss_sum += iter_loss
     iter_losses.append(iter_loss / gradient_accumulation_steps)
     t1 = clock()
-    if grad_clip != 0.0:
+    if grad_clip is not None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
     scaler.step(optimizer)

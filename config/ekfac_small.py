@@ -28,7 +28,7 @@ momentum = 0.9
 factor_decay = 0.95
 factor_update_freq = 10
 inv_update_freq = 10
-eigen_refresh = 'eigh'
+eigen_refresh = 'none'
 
 learning_rate = 1e-3  # untuned: KFAC's config's (AdamW's lr: grafting gives each layer AdamW's step length)
 max_iters = 2000

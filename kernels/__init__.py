@@ -2,17 +2,16 @@
 Kernels for the Fisher preconditioners: each a Triton kernel beside a plain-torch reference it is tested against.
 
     damped_inverse(M, damping)          (M + damping·I)⁻¹, M (..., n, n) symmetric PSD            KFAC inverses
-    eigenbasis_precondition(V, Q_G, s_G, Q_A, s_A, damping)
-                                        Q_G [(Q_Gᵀ V Q_A) ⊘ (s_G s_Aᵀ + damping)] Q_Aᵀ             Fixed Fisher
-    factor_update(F, X, decay, scale)   F ← decay·F + scale·XᵀX, in place                         factor capture
+    eigenbasis_precondition(V, Q_G, Q_A, D)
+                                        Q_G [(Q_Gᵀ V Q_A) ⊘ D] Q_Aᵀ                                the eigenbasis solve
+                                        (Fixed Fisher's D = s_G s_Aᵀ + λ, EKFAC's, ...: optim/solves.py)
 
 backend=None picks Triton for CUDA tensors (torch for float64 inputs, or where triton is missing) and torch
 otherwise; 'triton' forces the kernel (on CPU it needs TRITON_INTERPRET=1 set before `import kernels`), 'torch'
-the reference. Inputs are checked before any work: wrong shapes, damping ≤ 0 or NaN/Inf raise ValueError. The
-NaN/Inf check costs one host sync per call.
+the reference. Inputs are checked before any work: wrong shapes, damping ≤ 0, D ≤ 0 or NaN/Inf raise ValueError.
+The NaN/Inf check costs one host sync per call.
 """
 import logging
-import math
 import numbers
 
 import torch
@@ -20,83 +19,50 @@ import torch
 from kernels import _triton
 from kernels.inverse import damped_inverse_ref, damped_inverse_triton
 from kernels.eigenbasis import eigenbasis_precondition_ref, eigenbasis_precondition_triton
-from kernels.factors import factor_update_ref, factor_update_triton
 
 log = logging.getLogger('nanofisher.kernels')
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the kernels compute in fp32 from these
 
 
-def damped_inverse(M, damping, backend=None, *, x0=None, tol=1e-2, max_iters=None):
+def damped_inverse(M, damping, backend=None, *, tol=1e-2, max_iters=None):
     """(M + damping·I)⁻¹ for symmetric PSD M (..., n, n); damping a number or one per matrix (M's batch shape).
-    Triton: Newton–Schulz to ‖I - (M + λI)X‖_F ≤ tol (which bounds X's relative error), warm-started from x0
-    (e.g. the previous inverse) where that converges; a matrix that does not get there falls back to a float64
-    Cholesky solve, logged once. torch: Cholesky (x0, tol, max_iters unused)."""
+    Triton: Newton–Schulz to ‖I - (M + λI)X‖_F ≤ tol (which bounds X's relative error); a matrix that does not get
+    there falls back to a float64 Cholesky solve, logged once. torch: Cholesky (tol, max_iters unused)."""
     _matrix('damped_inverse', 'M', M)
     lam = _damping('damped_inverse', damping, M)
-    if x0 is not None and (not torch.is_tensor(x0) or x0.shape != M.shape):
-        raise ValueError(f"damped_inverse: x0 must be a tensor of M's shape {tuple(M.shape)}, "
-                         f"got {tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__}")
     if not tol > 0 or (max_iters is not None and max_iters < 0):
         raise ValueError(f"damped_inverse: need tol > 0 and max_iters ≥ 0, got tol={tol}, max_iters={max_iters}")
-    backend = _backend('damped_inverse', backend, [M] + ([x0] if x0 is not None else []))
+    backend = _backend('damped_inverse', backend, [M])
     sym = 1e-3 if M.dtype in (torch.float32, torch.float64) else 1e-2  # rounding of a computed XᵀX
     checks = {'M has NaN/Inf': torch.isfinite(M).all(),
               'damping must be finite and > 0': ((lam > 0) & torch.isfinite(lam)).all(),
               f'M is not symmetric (|M - Mᵀ| > {sym:g}·max|M|)': (M - M.mT).abs().amax() <= sym * M.abs().amax()}
-    if x0 is not None:
-        checks['x0 has NaN/Inf'] = torch.isfinite(x0).all()
     _require('damped_inverse', checks)
     if backend == 'torch':
         return damped_inverse_ref(M, lam)
-    return damped_inverse_triton(M, lam, x0=x0, tol=tol, max_iters=max_iters)
+    return damped_inverse_triton(M, lam, tol=tol, max_iters=max_iters)
 
 
-def eigenbasis_precondition(V, Q_G, s_G, Q_A, s_A, damping, backend=None):
-    """U = Q_G [(Q_Gᵀ V Q_A) ⊘ (s_G s_Aᵀ + damping)] Q_Aᵀ = (A ⊗ G + damping·I)⁻¹ vec(V), for V (..., d_out, d_in),
-    Q_G (d_out, d_out), s_G (d_out,), Q_A (d_in, d_in), s_A (d_in,) (these shared, or batched like V). The
-    eigenvalues s_G, s_A must be ≥ 0 (clamp eigh's output), and damping > 0, or damping = 0 with eigenvalues > 0
-    (KFAC's (s_G + β)(s_A + α), optim/solves.py's damped_eigen_solve). Returns U in V's dtype."""
+def eigenbasis_precondition(V, Q_G, Q_A, D, backend=None):
+    """U = Q_G [(Q_Gᵀ V Q_A) ⊘ D] Q_Aᵀ for V (..., d_out, d_in), Q_G (d_out, d_out), Q_A (d_in, d_in) and the
+    denominator D (d_out, d_in) > 0 (these shared, or batched like V): (A ⊗ G + λI)⁻¹ vec(V) for D = s_G s_Aᵀ + λ.
+    Q_G, Q_A need not be orthogonal (KFAC-corrected's simultaneous diagonalisation). Returns U in V's dtype."""
     name = 'eigenbasis_precondition'
     if not torch.is_tensor(V) or V.dim() < 2:
         raise ValueError(f"{name}: V must be a tensor (..., d_out, d_in), got {_desc(V)}")
     m, n = V.shape[-2:]
     batch = V.shape[:-2]
-    for arg, t, shape in [('Q_G', Q_G, (m, m)), ('s_G', s_G, (m,)), ('Q_A', Q_A, (n, n)), ('s_A', s_A, (n,))]:
+    for arg, t, shape in [('Q_G', Q_G, (m, m)), ('Q_A', Q_A, (n, n)), ('D', D, (m, n))]:
         if not torch.is_tensor(t) or t.shape not in (torch.Size(shape), batch + shape):
             raise ValueError(f"{name}: V is {tuple(V.shape)}, so {arg} must be {shape} or {tuple(batch + shape)}, "
                              f"got {_desc(t)}")
-    if not (isinstance(damping, numbers.Real) or (torch.is_tensor(damping) and damping.numel() == 1)) \
-            or not math.isfinite(float(damping)) or not float(damping) >= 0:
-        raise ValueError(f"{name}: damping must be one finite number >= 0, got {damping}")
-    tensors = dict(V=V, Q_G=Q_G, s_G=s_G, Q_A=Q_A, s_A=s_A)
+    tensors = dict(V=V, Q_G=Q_G, Q_A=Q_A, D=D)
     backend = _backend(name, backend, list(tensors.values()))
     checks = {f'{k} has NaN/Inf': torch.isfinite(t).all() for k, t in tensors.items()}
-    if float(damping) > 0:
-        checks['eigenvalues s_G, s_A must be ≥ 0 (clamp them)'] = (s_G.min() >= 0) & (s_A.min() >= 0)
-    else:  # every denominator s_G s_Aᵀ must be positive
-        checks['with damping 0, eigenvalues s_G, s_A must be > 0'] = (s_G.min() > 0) & (s_A.min() > 0)
+    checks['the denominator D must be > 0 everywhere'] = D.min() > 0
     _require(name, checks)
     fn = eigenbasis_precondition_ref if backend == 'torch' else eigenbasis_precondition_triton
-    return fn(V, Q_G, s_G, Q_A, s_A, float(damping))
-
-
-def factor_update(F, X, decay, scale, backend=None):
-    """F ← decay·F + scale·XᵀX in place (F (..., d, d) symmetric, X (..., N, d) tokens as rows); returns F.
-    The Triton path reads only F's upper triangle and writes both, so F stays exactly symmetric."""
-    name = 'factor_update'
-    _matrix(name, 'F', F)
-    d = F.shape[-1]
-    if not torch.is_tensor(X) or X.dim() != F.dim() or X.shape[:-2] != F.shape[:-2] or X.shape[-1] != d:
-        raise ValueError(f"{name}: F is {tuple(F.shape)}, so X must be {tuple(F.shape[:-2]) + ('N', d)}, got {_desc(X)}")
-    for arg, v in [('decay', decay), ('scale', scale)]:
-        if not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"{name}: {arg} must be a finite number, got {v!r}")
-    if not X.is_floating_point() or X.data_ptr() == F.data_ptr():
-        raise ValueError(f"{name}: X must be a floating-point tensor distinct from F")
-    backend = _backend(name, backend, [F, X])
-    _require(name, {'X has NaN/Inf': torch.isfinite(X).all(), 'F has NaN/Inf': torch.isfinite(F).all()})
-    fn = factor_update_ref if backend == 'torch' else factor_update_triton
-    return fn(F, X, float(decay), float(scale))
+    return fn(V, Q_G, Q_A, D)
 
 
 def _backend(name, backend, tensors):

@@ -5,7 +5,7 @@ Triton kernels vs their torch references, per kernel and factor size; prints a m
     python -m kernels.bench --sizes 64,4096 --dtype bf16 --batch 4
 
 torch references: Cholesky (cholesky_ex + cholesky_inverse) and eigh for damped_inverse, unfused fp32 matmuls for
-eigenbasis_precondition, F·decay + XᵀX for factor_update. Both columns go through the public functions, input
+eigenbasis_precondition. Both columns go through the public functions, input
 checks included. speedup = torch ms / triton ms.
 On a CPU only the torch references are timed (Triton needs a GPU for speed figures); the Triton path is then run
 once in the interpreter on a tiny size to show it works, which is not a speed figure.
@@ -48,42 +48,32 @@ def rel(x, ref):
     return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def cases(n, batch, dtype, device, tokens):
+def cases(n, batch, dtype, device):
     # (kernel, triton fn, torch fn, notes fn or None) for one factor size n
     lam = 1e-3  # cond(M + λI) ≈ 1e3, a typical damped KFAC factor
     lams = torch.full((batch,), lam, device=device)
     M = spd(n, batch, device)
-    M_prev = 0.999 * M + 0.001 * spd(n, batch, device, seed=1)  # last step's factor, drifted by less than λ
-    x0 = kernels.damped_inverse(M_prev, lam, backend='torch')
 
     def eigh_inverse():  # Q diag(1/(s + λ)) Qᵀ
         s, Q = torch.linalg.eigh(M)
         return (Q / (s[..., None, :] + lam)) @ Q.mT
 
     def inverse_notes():
-        X, ok, cold = newton_schulz(M.contiguous(), lams)
-        _, _, warm = newton_schulz(M.contiguous(), lams, x0.contiguous())
+        X, ok, steps = newton_schulz(M.contiguous(), lams)
         err = rel(X, kernels.damped_inverse(M, lam, backend='torch'))
-        return f"Newton–Schulz steps: cold {cold}, warm {warm}; fallbacks {int((~ok).sum())}; rel diff vs Cholesky {err:.1e}"
+        return f"Newton–Schulz steps {steps}; fallbacks {int((~ok).sum())}; rel diff vs Cholesky {err:.1e}"
 
-    cold = lambda: kernels.damped_inverse(M, lam, backend='triton')
+    newton = lambda: kernels.damped_inverse(M, lam, backend='triton')
     cholesky = lambda: kernels.damped_inverse(M, lam, backend='torch')
-    yield 'damped_inverse cold vs Cholesky', cold, cholesky, inverse_notes
-    yield 'damped_inverse cold vs eigh', cold, eigh_inverse, None
-    yield 'damped_inverse warm x0 vs Cholesky', lambda: kernels.damped_inverse(M, lam, backend='triton', x0=x0), \
-        cholesky, None
+    yield 'damped_inverse vs Cholesky', newton, cholesky, inverse_notes
+    yield 'damped_inverse vs eigh', newton, eigh_inverse, None
 
     Q = torch.linalg.qr(torch.randn(n, n, device=device))[0]
     s = torch.rand(n, device=device)
-    eig = (torch.randn(batch, n, n, device=device, dtype=dtype), Q, s, Q, s, lam)
+    eig = (torch.randn(batch, n, n, device=device, dtype=dtype), Q, Q, torch.outer(s, s) + lam)
     tri = lambda: kernels.eigenbasis_precondition(*eig, backend='triton')
     ref = lambda: kernels.eigenbasis_precondition(*eig, backend='torch')
     yield 'eigenbasis_precondition', tri, ref, lambda: f"rel diff vs torch {rel(tri(), ref()):.1e}"
-
-    F = torch.eye(n, device=device).expand(batch, n, n).contiguous()
-    X = torch.randn(batch, tokens, n, device=device, dtype=dtype)
-    yield (f'factor_update N={tokens}', lambda: kernels.factor_update(F, X, 0.95, 0.05 / tokens, backend='triton'),
-           lambda: kernels.factor_update(F, X, 0.95, 0.05 / tokens, backend='torch'), None)
 
 
 def interpreter_check():
@@ -95,21 +85,17 @@ def interpreter_check():
     print(f"interpreter check (not a speed figure): damped_inverse 2x{n}x{n} rel diff vs Cholesky "
           f"{rel(X, kernels.damped_inverse(M, lam, backend='torch')):.1e}")
     Q, s, V = torch.linalg.qr(torch.randn(n, n))[0], torch.rand(n), torch.randn(n, n)
-    U = kernels.eigenbasis_precondition(V, Q, s, Q, s, lam, backend='triton')
+    D = torch.outer(s, s) + lam
+    U = kernels.eigenbasis_precondition(V, Q, Q, D, backend='triton')
     print(f"interpreter check (not a speed figure): eigenbasis_precondition {n}x{n} rel diff vs torch "
-          f"{rel(U, kernels.eigenbasis_precondition(V, Q, s, Q, s, lam, backend='torch')):.1e}")
-    F, X = torch.eye(n), torch.randn(70, n)
-    F2 = kernels.factor_update(F.clone(), X, 0.9, 0.1, backend='torch')
-    print(f"interpreter check (not a speed figure): factor_update {n}x{n}, N=70 rel diff vs torch "
-          f"{rel(kernels.factor_update(F, X, 0.9, 0.1, backend='triton'), F2):.1e}")
+          f"{rel(U, kernels.eigenbasis_precondition(V, Q, Q, D, backend='torch')):.1e}")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--sizes', default=None, help="factor sizes, comma-separated (GPU 768,1024,2048,3072; CPU 256,768)")
     p.add_argument('--batch', type=int, default=1, help="matrices per call")
-    p.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'], help="dtype of V and X (factors stay fp32)")
-    p.add_argument('--tokens', type=int, default=8192, help="rows of X in factor_update (B·T)")
+    p.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'], help="dtype of V (factors stay fp32)")
     p.add_argument('--interpreter-check', action='store_true', help="only run the CPU interpreter check")
     args = p.parse_args()
     if args.interpreter_check:
@@ -126,7 +112,7 @@ def main():
     print("| kernel | n | triton ms | torch ms | speedup | notes |\n| --- | ---: | ---: | ---: | ---: | --- |")
     for n in sizes:
         timed = set()
-        for name, tri, ref, notes in cases(n, args.batch, dtype, device, args.tokens):
+        for name, tri, ref, notes in cases(n, args.batch, dtype, device):
             if not cuda and ref in timed:
                 continue  # without Triton timings a repeated torch reference says nothing new
             timed.add(ref)

@@ -41,15 +41,13 @@ def damped_inverse_ref(M, damping):
     return torch.cholesky_inverse(L).to(M.dtype)
 
 
-def damped_inverse_triton(M, damping, x0=None, tol=1e-2, max_iters=None):
-    """Newton–Schulz with Cholesky fallback. damping: float or tensor of M's batch shape (one λ per matrix).
-    x0: optional warm start (e.g. the previous inverse), used where ‖I - (M + λI) x0‖_F < 1, else I/c."""
+def damped_inverse_triton(M, damping, tol=1e-2, max_iters=None):
+    """Newton–Schulz with Cholesky fallback. damping: float or tensor of M's batch shape (one λ per matrix)."""
     global _warned
     n = M.shape[-1]
     A = M.reshape(-1, n, n).float().contiguous()  # (B, n, n) fp32 working copy
     lam = torch.as_tensor(damping, dtype=torch.float32, device=M.device).expand(M.shape[:-2]).reshape(-1).contiguous()
-    X0 = None if x0 is None else x0.reshape(-1, n, n).float()
-    X, ok, _ = newton_schulz(A, lam, X0, tol, max_iters)
+    X, ok, _ = newton_schulz(A, lam, tol, max_iters)
     bad = (~ok).nonzero().flatten()
     if len(bad):
         msg = (f"damped_inverse: {len(bad)} of {len(ok)} matrices ({n}x{n}) did not reach ‖I - (M+λI)X‖_F ≤ {tol:g} "
@@ -63,7 +61,7 @@ def damped_inverse_triton(M, damping, x0=None, tol=1e-2, max_iters=None):
     return X.reshape(M.shape).to(M.dtype)
 
 
-def newton_schulz(A, lam, X0=None, tol=1e-2, max_iters=None):
+def newton_schulz(A, lam, tol=1e-2, max_iters=None):
     """A (B, n, n) fp32 contiguous, lam (B,) fp32 → X ≈ (A + λI)⁻¹ (B, n, n), converged (B,) bool, steps taken.
     Host syncs only at checks: the first where convergence is possible, then as quadratic convergence predicts."""
     B, n, _ = A.shape
@@ -77,9 +75,7 @@ def newton_schulz(A, lam, X0=None, tol=1e-2, max_iters=None):
     gap_lo, gap_hi = torch.stack([((tr / n + lam) / c).min(), (lam / c).min()]).tolist()
     lo, hi = _steps(gap_lo, tol), _steps(gap_hi, tol / math.sqrt(n))
     max_iters = min(100, hi + 5) if max_iters is None else max_iters
-    next_check = 0 if X0 is not None else min(lo, max_iters)
-    if X0 is not None:
-        X = X0.clone().contiguous()
+    next_check = min(lo, max_iters)
     R, Xn, nrm = torch.empty_like(X), torch.empty_like(X), torch.zeros(B, device=A.device)
     r_prev, k = math.inf, 0
     while True:
@@ -89,12 +85,6 @@ def newton_schulz(A, lam, X0=None, tol=1e-2, max_iters=None):
         _ns_step(A, X, X, R, lam, nrm, -1.0, 0.0, -1.0, 1.0, check)  # R = I - A X - λ X
         if check:
             r = nrm.sqrt().tolist()  # the one host sync of a check
-            if X0 is not None and k == 0:  # a warm start that may not converge (‖R_0‖_F ≥ 1) restarts from I/c
-                bad = [b for b in range(B) if not r[b] < 1]
-                if bad:
-                    X[bad] = eye / c[bad, None, None]
-                    X0, next_check = None, min(k + 1, max_iters)
-                    continue
             ok = [x <= tol for x in r]
             if all(ok) or k >= max_iters:
                 break

@@ -50,7 +50,8 @@ def optimizer_kwargs(name, config):
 
 def accepted_args(name):
     """The keyword arguments optimizer `name` takes: its own and, where its __init__ passes **kwargs on to its base
-    class (KFAC: solve, then KroneckerOptimizer's), the base's, down to the first __init__ without **kwargs."""
+    class (KFAC: solve, then KroneckerOptimizer's), the base's, down to the first __init__ without **kwargs; less
+    the method's `unused` ones."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
     factory = OPTIMIZERS[name]
@@ -62,4 +63,5 @@ def accepted_args(name):
                   and p.name not in ('self', 'model')]
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
-    return list(dict.fromkeys(names))
+    unused = getattr(factory, 'unused', ())  # shared knobs a method does not take (DyKAF: momentum, damping, ...)
+    return [n for n in dict.fromkeys(names) if n not in unused]

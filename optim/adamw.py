@@ -35,3 +35,14 @@ def block_matrices_and_rest(model, weight_decay, who):
         raise ValueError(f"no 2-D weights under model.transformer.h for {who}")
     return [p for p in model.parameters() if id(p) in matrices], \
         adamw_param_groups([p for p in model.parameters() if id(p) not in matrices], weight_decay)
+
+
+def adamw_for_the_rest(params, lr, weight_decay, betas, eps, lr_scale):
+    """torch.optim.AdamW over the parameters a Kronecker method does not precondition, at lr * lr_scale (each group
+    keeps kind='adamw' and lr_scale, which train.py's schedule reads); None if there are none."""
+    groups = [dict(g, kind='adamw', lr=lr * lr_scale, lr_scale=lr_scale)
+              for g in adamw_param_groups(params, weight_decay) if g['params']]
+    if not groups:
+        return None
+    fused = all(p.is_cuda for g in groups for p in g['params'])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)

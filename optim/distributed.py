@@ -6,7 +6,7 @@ group of more than one rank is initialised. DDP itself all-reduces the gradients
 - factors: on factor-update steps FactorCapture.take() averages each rank's factors (token means over its
   micro-batches; EVA's vectors) over ranks with one all-reduce of their concatenation (in buckets of at most
   BUCKET_BYTES). Ranks see equal token counts, so the mean over ranks is the factor of the global batch. A statistic
-  that keeps its per-token rows (optim/rows.py) also has them all-gathered, so that what a method computes from the
+  that keeps its per-token rows (optim/capture.py) also has them all-gathered, so that what a method computes from the
   rows is the global batch's too. Other steps communicate nothing.
 - decompositions: each layer is owned by one rank, assigned greedily (largest cost first, to the least-loaded rank)
   by the cost sum d^3 over its factors' sizes. Only the owner runs update_decomposition / refresh_decomposition;
@@ -94,7 +94,7 @@ def all_gather_rows(x):
 
 def average_factors(factors):
     """{name: (A, G)} of this rank's tokens -> of all ranks' tokens, in place (the same layers on every rank): the
-    means averaged by one bucketed all-reduce; a statistic with rows (.value, .rows: optim/rows.py) has its value
+    means averaged by one bucketed all-reduce; a statistic with rows (.value, .rows: optim/capture.py) has its value
     averaged and its rows all-gathered. Returns the bytes communicated."""
     stats = [f for name in sorted(factors) for f in factors[name]]
     sent = all_reduce_mean([f.value if hasattr(f, 'rows') else f for f in stats])

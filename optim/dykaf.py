@@ -7,8 +7,9 @@ kept as the Kronecker product nearest to the running empirical Fisher of the gra
 
 import torch
 
-from optim.solves import eigh_psd, qr_refresh
+from kernels import eigenbasis_precondition
 from optim.kronecker import KroneckerOptimizer
+from optim.solves import eigh_psd, qr_refresh, robust
 
 
 def ksl_step(L, R, V, decay):
@@ -31,70 +32,58 @@ def ksl_step(L, R, V, decay):
 
 class DyKAF(KroneckerOptimizer):
     """DyKAF: per nn.Linear layer with gradient V (d_out, d_in [+1], bias as the last column), factors L (d_out side,
-    st['G'], unit norm) and R (d_in side, st['A']) with F_emp ~ R (x) L, i.e. (A, G) = (R, L) as in
-    optim/capture.py, and their eigenbases Q_L, Q_R:
+    st['L'], unit norm) and R (d_in side, st['R']) with F_emp ~ R (x) L (in optim/capture.py's order, A (x) G), and
+    their eigenbases Q_L, Q_R:
 
         first step:  (L, R) = ksl_step(V V^T/||V V^T||, V^T V/||V^T V||, V, 0): the pair nearest vec(V) vec(V)^T
                      after one power step from Shampoo's factors; Q from eigh; no update (SOAP: a gradient never
                      shapes its own projection)
         V' = Q_L^T V Q_R,   m <- beta1 m + (1 - beta1) V,   v <- beta2 v + (1 - beta2) V'^2   (bias-corrected: ^)
-        U  = Q_L [ (Q_L^T m^ Q_R) / (sqrt(v^) + eps) ] Q_R^T
+        U  = Q_L [ (Q_L^T m^ Q_R) / D ] Q_R^T,   D = sqrt(v^) + eps      (the eigenbasis solve of optim/eigenbasis.py)
         L, R <- ksl_step(L, R, V, factor_decay)                     every factor_update_freq steps, after U
         Q_L, Q_R <- one power iteration + QR from Q (v permuted alike)   every inv_update_freq steps
 
     Then grafting, KL clipping and weight decay as in KroneckerOptimizer; no heavy-ball momentum on top (m is the
-    momentum, beta1), so DyKAF takes no momentum argument. Factors come from the gradient, not from hooks:
-    backward() is a plain backward.
+    momentum, beta1). Factors come from the gradient, not from hooks (hooked = False): backward() is a plain
+    backward.
 
-    Hyperparameters (defaults): lr=3e-3, weight_decay=0.1, factor_decay=0.95 (SOAP's shampoo_beta),
-    factor_update_freq=1, inv_update_freq=10 (SOAP's precondition_frequency), kl_clip=None, exclude='',
-    max_factor_dim=8192, grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8, adamw_lr_scale=1.0,
-    second_moment='full' (v elementwise, as SOAP) | 'factored' (Adafactor's rank-1 v = r c^T / mean(r), from the
-    row and column means of V'^2).
+    Hyperparameters: the shared ones (optim/kronecker.py; factor_decay is SOAP's shampoo_beta, inv_update_freq its
+    precondition_frequency) except those in `unused`, which it does not take, and second_moment='full' (v
+    elementwise, as SOAP) | 'factored' (Adafactor's rank-1 v = r c^T / mean(r), from the row and column means of
+    V'^2).
 
     Caveats:
-    - train.py's factor_update_freq (10 by default) reaches DyKAF too: SOAP and the paper update the factors on
-      every step (--factor_update_freq=1).
+    - SOAP and the paper update the factors on every step: factor_update_freq=1 (config/dykaf_small.py).
     - The projector-splitting step tracks the best Kronecker product of the running Fisher only approximately: it
       takes the current pair for the past (the exact running Fisher is never stored).
     - v is kept across basis refreshes (permuted with the basis order, not rotated), as in SOAP.
     - Layers that get tied weights, or are excluded or too wide, go to AdamW, as in every Kronecker method.
     """
 
-    def __init__(self, model, lr=3e-3, weight_decay=0.1, factor_decay=0.95, factor_update_freq=1, inv_update_freq=10,
-                 kl_clip=None, exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, second_moment='full'):
+    hooked = False
+    factor_names = ('R', 'L')
+    unused = ('momentum', 'damping', 'damping_mode', 'fisher', 'damping_schedule', 'damping_update_freq')
+
+    def __init__(self, model, second_moment='full', **shared):  # shared: KroneckerOptimizer's, less `unused`
         if second_moment not in ('full', 'factored'):
             raise ValueError(f"unknown second_moment {second_moment!r}; known: full, factored")
+        given = [k for k in self.unused if k in shared]
+        if given:
+            raise TypeError(f"DyKAF takes no {', '.join(given)} (m is its momentum; it has no damping)")
         self.second_moment = second_moment
-        super().__init__(model, lr=lr, weight_decay=weight_decay, momentum=0.0, factor_decay=factor_decay,
-                         factor_update_freq=factor_update_freq, inv_update_freq=inv_update_freq, kl_clip=kl_clip,
-                         exclude=exclude, max_factor_dim=max_factor_dim, grafting=grafting, beta1=beta1,
-                         beta2=beta2, eps=eps, adamw_lr_scale=adamw_lr_scale)
-        self.capture.disarm()
-        self.capture.modules = {}  # nothing to hook: arm() adds no hook, every step is a plain one
+        super().__init__(model, momentum=0.0, **shared)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            st = self.layer_state.get(group.get('name'))
-            W = group['params'][0]
-            if group['kind'] != 'kronecker' or 'A' in st or W.grad is None:
-                continue
-            V = torch.cat([W.grad, group['params'][1].grad[:, None]], 1) if len(group['params']) == 2 else W.grad
-            V = V.float() if V.dtype != torch.float64 else V
-            if torch.isfinite(V).all():  # else the step is skipped and the next one starts the factors
-                L, R = V @ V.T, V.T @ V
-                st['G'], st['A'] = ksl_step(L / L.norm().clamp_min(1e-30), R / R.norm().clamp_min(1e-30), V, 0.0)
-                st['fresh'] = True
-        return super().step(closure)
+    def start_factors(self, st, V):
+        L, R = V @ V.T, V.T @ V
+        st['L'], st['R'] = ksl_step(L / L.norm().clamp_min(1e-30), R / R.norm().clamp_min(1e-30), V, 0.0)
+        st['fresh'] = True
 
     def update_decomposition(self, st):
-        if 'Q_A' not in st:
-            for f in 'AG':
-                st['s_' + f], st['Q_' + f] = self.robust(eigh_psd, st[f], 0.0, f'eigh of {dict(A="R", G="L")[f]}')
+        if 'Q_R' not in st:
+            for f in 'RL':
+                st['s_' + f], st['Q_' + f] = robust(self, eigh_psd, st[f], 0.0, f'eigh of {f}')
             return
-        for f, dim in (('A', 1), ('G', 0)):  # SOAP: sort by Rayleigh quotient, one power step, QR; v follows the order
+        for f, dim in (('R', 1), ('L', 0)):  # SOAP: sort by Rayleigh quotient, one power step, QR; v follows the order
             order = torch.argsort((st['Q_' + f] * (st[f] @ st['Q_' + f])).sum(0), descending=True)
             st['s_' + f], st['Q_' + f] = qr_refresh(st[f], st['Q_' + f])
             key = 'v' if self.second_moment == 'full' else ('v_rows', 'v_cols')[dim]
@@ -105,7 +94,7 @@ class DyKAF(KroneckerOptimizer):
         if st.pop('fresh', False):
             return torch.zeros_like(V)
         b1, b2 = self.betas
-        QL, QR = st['Q_G'], st['Q_A']
+        QL, QR = st['Q_L'], st['Q_R']
         Vp = QL.T @ V @ QR
         st['t'] = t = st.get('t', 0) + 1
         st['m'] = m = st['m'].lerp_(V, 1 - b1) if 'm' in st else (1 - b1) * V
@@ -116,7 +105,7 @@ class DyKAF(KroneckerOptimizer):
             for key, new in (('v_rows', sq.mean(1)), ('v_cols', sq.mean(0))):
                 st[key] = st[key].lerp_(new, 1 - b2) if key in st else (1 - b2) * new
             v = torch.outer(st['v_rows'], st['v_cols']) / st['v_rows'].mean().clamp_min(1e-30)
-        U = QL @ ((QL.T @ m @ QR / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + self.eps)) @ QR.T
+        U = eigenbasis_precondition(m / (1 - b1 ** t), QL, QR, (v / (1 - b2 ** t)).sqrt() + self.eps)
         if self.steps % self.factor_update_freq == 0:
-            st['G'], st['A'] = ksl_step(st['G'], st['A'], V, self.factor_decay)
+            st['L'], st['R'] = ksl_step(st['L'], st['R'], V, self.factor_decay)
         return U

@@ -6,8 +6,7 @@ replaced by the second moments of the per-token gradients in that basis (the dia
 
 import torch
 
-from optim.fixed_fisher import FixedFisher
-from optim.rows import keep_rows
+from optim.eigenbasis import EigenbasisOptimizer
 
 
 def eigenbasis_moments(a, g, Q_A, Q_G):
@@ -16,46 +15,31 @@ def eigenbasis_moments(a, g, Q_A, Q_G):
     return (g @ Q_G).square().T @ (a @ Q_A).square() / a.shape[0]  # (d_out, d_in [+1])
 
 
-class EKFAC(FixedFisher):
+class EKFAC(EigenbasisOptimizer):
     """EKFAC: per nn.Linear layer, with A = Q_A diag(s_A) Q_A^T, G = Q_G diag(s_G) Q_G^T the eigendecompositions of
     the factors (optim/capture.py, symbols of the paper) and a_m, g_m a factor-update step's per-token rows:
 
         s_new = (1/M) sum_m (Q_G^T g_m a_m^T Q_A)^2  = ((g Q_G)^2)^T (a Q_A)^2 / M          (d_out, d_in [+1])
         s     = s_new                           on a step that computes a new eigenbasis (every inv_update_freq)
         s    <- decay s + (1 - decay) s_new     on the factor-update steps in between
-        U     = Q_G [ (Q_G^T V Q_A) / (s + lambda) ] Q_A^T
+        U     = Q_G [ (Q_G^T V Q_A) / D ] Q_A^T,   D = s + lambda
 
     the exact damped inverse of F ~ (Q_A (x) Q_G) diag(vec s) (Q_A (x) Q_G)^T, whose diagonal in the Kronecker
     eigenbasis is now the Fisher's own (KFAC, and Fixed Fisher, use s_G s_A^T there). Then grafting, KL clipping,
     momentum and weight decay as in KroneckerOptimizer.
 
-    Hyperparameters: those of FixedFisher (optim/fixed_fisher.py), same defaults: lr=1e-3, weight_decay=0.1,
-    momentum=0.9, damping=1e-3 (lambda; damping_mode='relative' makes it lambda * mean(s)), factor_decay=0.95
-    (the factors' running average, and s's between eigenbases), factor_update_freq=10, inv_update_freq=100,
-    kl_clip=1e-3, fisher='empirical' | 'sampled', exclude='', max_factor_dim=8192, grafting='none' | 'adam',
-    beta1=0.9, beta2=0.95, eps=1e-8, adamw_lr_scale=1.0, eigen_refresh='eigh' | 'qr', eigh_dtype='float32'.
+    Hyperparameters: the shared ones (optim/kronecker.py; damping_mode='relative' makes lambda damping * mean(s);
+    factor_decay also averages s between eigenbases), eigen_refresh='none' | 'qr' and eigh_dtype (optim/eigenbasis.py).
 
     Caveats:
     - s restarts from one step's tokens whenever the eigenbasis is recomputed; it is averaged only when
       inv_update_freq is a multiple of factor_update_freq larger than it (train.py's default 10 and 10: no average).
       An eigh step that updates no factor starts s from s_G s_A^T (KFAC's eigenvalues) instead.
     - eigen_refresh='qr' turns the basis a little on every factor-update step; s keeps averaging across it.
-    - Keeps the step's per-token rows a, g (M (d_in + d_out) numbers a layer) until the step ends (optim/rows.py).
+    - Keeps the step's per-token rows a, g (M (d_in + d_out) numbers a layer) until the step ends (keep_rows).
     """
 
-    def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
-                 factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
-                 exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5,
-                 eigen_refresh='eigh', eigh_dtype='float32'):
-        super().__init__(model, lr=lr, weight_decay=weight_decay, momentum=momentum, damping=damping,
-                         damping_mode=damping_mode, factor_decay=factor_decay, factor_update_freq=factor_update_freq,
-                         inv_update_freq=inv_update_freq, kl_clip=kl_clip, fisher=fisher, exclude=exclude,
-                         max_factor_dim=max_factor_dim, grafting=grafting, beta1=beta1, beta2=beta2, eps=eps,
-                         adamw_lr_scale=adamw_lr_scale,
-                         damping_schedule=damping_schedule, damping_update_freq=damping_update_freq,
-                         eigen_refresh=eigen_refresh, eigh_dtype=eigh_dtype)
-        keep_rows(self)
+    keep_rows = True
 
     def update_decomposition(self, st):
         super().update_decomposition(st)  # a new eigenbasis: Q_A, s_A, Q_G, s_G
@@ -68,7 +52,6 @@ class EKFAC(FixedFisher):
         super().refresh_decomposition(st)
         st['s'].lerp_(eigenbasis_moments(*st['rows'], st['Q_A'], st['Q_G']), 1 - self.factor_decay)
 
-    def precondition(self, st, V):
-        lam = self.damping_for(st['s'].mean(), 1.0)
-        st['damping_eff'] = lam
-        return st['Q_G'] @ ((st['Q_G'].T @ V @ st['Q_A']) / (st['s'] + lam)) @ st['Q_A'].T
+    def denominator(self, st):
+        lam = st['damping_eff'] = self.damping_for(st['s'].mean(), 1.0)
+        return st['s'] + lam

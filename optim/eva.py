@@ -27,11 +27,8 @@ class EVA(KroneckerOptimizer):
     Then grafting, KL clipping, momentum and weight decay as in KroneckerOptimizer. factors() returns
     {name: (a_bar, g_bar)}.
 
-    Hyperparameters (defaults): lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3 (lambda, > 0),
-    damping_mode='absolute' ('relative': lambda * (|a_bar|^2 / dim a)(|g_bar|^2 / dim g), the mean eigenvalue of
-    the rank-one Fisher), factor_decay=0.95, factor_update_freq=10, inv_update_freq=100 (unused), kl_clip=1e-3
-    (None: off), fisher='empirical' | 'sampled', exclude='', max_factor_dim=8192, grafting='none' | 'adam',
-    beta1=0.9, beta2=0.95, eps=1e-8 (AdamW part and grafting), adamw_lr_scale=1.0.
+    Hyperparameters: the shared ones (optim/kronecker.py; damping_mode='relative' makes lambda damping *
+    (|a_bar|^2 / dim a)(|g_bar|^2 / dim g), the mean eigenvalue of the rank-one Fisher; inv_update_freq is unused).
 
     Caveats:
     - With the empirical Fisher, g_bar is the mean per-token gradient, so u u^T holds the gradient itself and U is

@@ -7,46 +7,41 @@ as samples ("expand", Eschenhagen et al., 2023).
 import torch
 
 from optim.kronecker import KroneckerOptimizer
-from optim.solves import damped_eigen_solve, eigen_decompose, kfac_inverses
+from optim.solves import eigen_decompose, kfac_inverses, split_damping
+from kernels import eigenbasis_precondition
 
 
 class KFAC(KroneckerOptimizer):
     """KFAC: per nn.Linear layer, with A, G its Kronecker factors (symbols of the paper; see optim/capture.py):
 
-        pi = sqrt((tr A / dim A) / (tr G / dim G))
-        U  = (G + (sqrt(lambda) / pi) I)^-1  V  (A + pi sqrt(lambda) I)^-1
+        pi = sqrt((tr A / dim A) / (tr G / dim G)),   alpha = pi sqrt(lambda),   beta = sqrt(lambda) / pi
+        U  = (G + beta I)^-1  V  (A + alpha I)^-1
 
-    which is ((A + pi sqrt(lambda) I) (x) (G + sqrt(lambda)/pi I))^-1 vec(V): the damped Fisher it inverts is
-    A (x) G + lambda I plus the two cross terms pi sqrt(lambda) I (x) G and sqrt(lambda)/pi A (x) I (Fixed Fisher
-    removes them). Both inverses are refreshed every inv_update_freq steps and applied on every step; then
-    grafting, KL clipping, momentum and weight decay as in KroneckerOptimizer. solve='eigen' computes the same U in
-    the factors' eigenbases instead (Fixed Fisher's solve with cross_terms = 1: optim/fixed_fisher.py), with lambda
-    and pi taken at every step as Fixed Fisher takes them, so that KFAC and Fixed Fisher can differ in the cross
-    terms alone.
+    which is ((A + alpha I) (x) (G + beta I))^-1 vec(V): the damped Fisher it inverts is A (x) G + lambda I plus the
+    two cross terms alpha I (x) G and beta A (x) I (Fixed Fisher removes them). solve='inverse' (the default):
+    both inverses are refreshed every inv_update_freq steps and applied on every step (two products). solve='eigen':
+    the same U in the factors' eigenbases (optim/eigenbasis.py) with
 
-    Hyperparameters (defaults): lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3 (lambda, > 0),
-    damping_mode='absolute' ('relative': lambda * (tr A/dim A)(tr G/dim G), so the two dampings become
-    sqrt(lambda) tr A/dim A and sqrt(lambda) tr G/dim G), factor_decay=0.95, factor_update_freq=10,
-    inv_update_freq=100, kl_clip=1e-3 (None: off), fisher='empirical' | 'sampled', exclude='',
-    max_factor_dim=8192, grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8 (AdamW part and grafting),
-    adamw_lr_scale=1.0,
-    damping_schedule='constant' | 'lm' (Levenberg-Marquardt, see KroneckerOptimizer), damping_update_freq=5,
-    solve='inverse' (two inverses, two products per step; '' is 'inverse') | 'eigen' (two eigh, four rotations per
-    step).
+        D = (s_G + beta)(s_A + alpha)^T                          (Fixed Fisher's D with cross_terms = 1)
+
+    lambda, alpha and beta taken at every step as Fixed Fisher takes them, so that KFAC and Fixed Fisher can differ
+    in the cross terms alone. Then grafting, KL clipping, momentum and weight decay as in KroneckerOptimizer.
+
+    Hyperparameters: the shared ones (optim/kronecker.py; damping_mode='relative' makes the two dampings
+    sqrt(lambda) tr A/dim A and sqrt(lambda) tr G/dim G) and solve=None ('inverse') | 'inverse' | 'eigen'.
 
     Caveats:
     - pi is 1 where a factor's trace is 0 (a layer that has seen no signal yet).
-    - The inverses are computed in the factors' dtype (float32; float64 for float64 models); a Cholesky that
-      fails is retried in float64 with 10x the damping and logged.
-    - Between inverse updates the inverses are stale: factors updated since then act only at the next refresh.
+    - With solve='inverse' the inverses are stale between refreshes: factors updated since, and a new lambda
+      (damping_schedule='lm'), act only at the next refresh.
     """
 
-    def __init__(self, model, solve='inverse', **kwargs):  # kwargs: KroneckerOptimizer's (optim.accepted_args)
+    def __init__(self, model, solve=None, **shared):  # shared: KroneckerOptimizer's
         solve = solve or 'inverse'
         if solve not in ('inverse', 'eigen'):
             raise ValueError(f"unknown solve {solve!r}; known: inverse, eigen")
         self.solve = solve
-        super().__init__(model, **kwargs)
+        super().__init__(model, **shared)
 
     def update_decomposition(self, st):
         if self.solve == 'eigen':
@@ -54,6 +49,8 @@ class KFAC(KroneckerOptimizer):
         kfac_inverses(self, st)
 
     def precondition(self, st, V):
-        if self.solve == 'eigen':
-            return damped_eigen_solve(self, st, V, cross_terms=1.0)
-        return st['G_inv'] @ V @ st['A_inv']  # (d_out, d_in [+1])
+        if self.solve == 'inverse':
+            return st['G_inv'] @ V @ st['A_inv']  # (d_out, d_in [+1])
+        lam, alpha, beta = split_damping(self, st['s_A'].mean(), st['s_G'].mean())
+        st['damping_eff'] = lam
+        return eigenbasis_precondition(V, st['Q_G'], st['Q_A'], torch.outer(st['s_G'] + beta, st['s_A'] + alpha))

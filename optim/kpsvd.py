@@ -5,12 +5,12 @@ the Kronecker product nearest in Frobenius norm to each layer's Fisher block, in
 and their rank-2 'KFAC-corrected' variant, KFAC plus the nearest Kronecker product to what KFAC leaves out.
 """
 
-from functools import partial
-
 import torch
 
+from kernels import eigenbasis_precondition
 from optim.fixed_fisher import FixedFisher
-from optim.rows import keep_rows
+from optim.kronecker import KroneckerOptimizer
+from optim.solves import robust, split_damping
 
 KEEP = 0.1  # kfac_corrected keeps 1 + d_G d_A >= KEEP: the correction removes at most 90% of a direction's curvature
 
@@ -47,12 +47,15 @@ def nearest_kronecker(a, g, V0, tol, max_iters, minus=None):
     return sigma, U, V, k
 
 
-def kpsvd_factors(st, A, G, tol, max_iters):
-    """RowCapture's reduce: the step's nearest Kronecker pair, warm-started from the running one (KFAC's G at
-    first), split so that tr A_new = tr A (A keeps the scale of KFAC's E[a a^T])."""
-    sigma, U, V, st['kpsvd_iters'] = nearest_kronecker(*st['rows'], st.get('G', G), tol, max_iters)
-    c = A.trace() / U.trace().clamp_min(1e-30)
-    return c * U, (sigma / c) * V
+def check_power(power_tol, power_iters):
+    if not (power_tol > 0 and isinstance(power_iters, int) and power_iters >= 1):
+        raise ValueError(f"need power_tol > 0 and an int power_iters >= 1, got {power_tol!r}, {power_iters!r}")
+
+
+def mean_power_iters(opt):
+    """Diagnostics: kpsvd_iters, the mean power iterations of the last factor-update step over the layers."""
+    iters = [st['kpsvd_iters'] for st in opt.layer_state.values() if 'kpsvd_iters' in st]
+    return dict(kpsvd_iters=float(sum(iters) / len(iters)) if iters else 0.0)
 
 
 def generalized_eigh(B, C):
@@ -76,42 +79,36 @@ class KPSVD(FixedFisher):
     and weight decay as in KroneckerOptimizer. Diagnostics add kpsvd_iters, the mean power iterations of the last
     factor-update step.
 
-    Hyperparameters: those of FixedFisher (optim/fixed_fisher.py), same defaults, and power_tol=1e-4 (stop when
-    the unit-norm G moves less than this), power_iters=100 (at most; the first step starts cold from KFAC's G).
+    Hyperparameters: those of FixedFisher (optim/fixed_fisher.py: cross_terms and solve act on the nearest pair
+    as on KFAC's factors), and power_tol=1e-4 (stop when the unit-norm G moves less than this), power_iters=100
+    (at most; the first step starts cold from KFAC's G).
 
     Caveats:
     - Each power iteration costs about two KFAC factor computations; a warm start usually needs a few.
     - The average of nearest pairs is not the nearest pair to the averaged Fisher (as KFAC averages A and G apart).
-    - Keeps the step's per-token rows a, g (M (d_in + d_out) numbers a layer) until the step ends (optim/rows.py).
+    - Keeps the step's per-token rows a, g (M (d_in + d_out) numbers a layer) until the step ends (keep_rows).
     """
 
-    def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
-                 factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
-                 exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5,
-                 eigen_refresh='eigh', eigh_dtype='float32', power_tol=1e-4, power_iters=100):
-        if not (power_tol > 0 and isinstance(power_iters, int) and power_iters >= 1):
-            raise ValueError(f"need power_tol > 0 and an int power_iters >= 1, got {power_tol!r}, {power_iters!r}")
-        self.power_tol, self.power_iters = power_tol, power_iters
-        super().__init__(model, lr=lr, weight_decay=weight_decay, momentum=momentum, damping=damping,
-                         damping_mode=damping_mode, factor_decay=factor_decay, factor_update_freq=factor_update_freq,
-                         inv_update_freq=inv_update_freq, kl_clip=kl_clip, fisher=fisher, exclude=exclude,
-                         max_factor_dim=max_factor_dim, grafting=grafting, beta1=beta1, beta2=beta2, eps=eps,
-                         adamw_lr_scale=adamw_lr_scale,
-                         damping_schedule=damping_schedule, damping_update_freq=damping_update_freq,
-                         eigen_refresh=eigen_refresh, eigh_dtype=eigh_dtype)
-        keep_rows(self, self.reduce)
+    keep_rows = True
 
-    @property
-    def reduce(self):
-        return partial(kpsvd_factors, tol=self.power_tol, max_iters=self.power_iters)
+    def __init__(self, model, power_tol=1e-4, power_iters=100, **kwargs):  # kwargs: FixedFisher's
+        check_power(power_tol, power_iters)
+        self.power_tol, self.power_iters = power_tol, power_iters
+        super().__init__(model, **kwargs)
+
+    def new_factors(self, st, A, G):
+        """The step's nearest Kronecker pair, warm-started from the running one (KFAC's G at first), split so that
+        tr A_new = tr A (A keeps the scale of KFAC's E[a a^T])."""
+        sigma, U, V, st['kpsvd_iters'] = nearest_kronecker(*st['rows'], st.get('G', G), self.power_tol,
+                                                           self.power_iters)
+        c = A.trace() / U.trace().clamp_min(1e-30)
+        return c * U, (sigma / c) * V
 
     def diagnostics(self):
-        iters = [st['kpsvd_iters'] for st in self.layer_state.values() if 'kpsvd_iters' in st]
-        return dict(super().diagnostics(), kpsvd_iters=float(sum(iters) / len(iters)) if iters else 0.0)
+        return dict(super().diagnostics(), **mean_power_iters(self))
 
 
-class KFACCorrected(KPSVD):
+class KFACCorrected(KroneckerOptimizer):
     """KFAC-corrected (Koroko et al., 2023): per nn.Linear layer, KFAC's factors A, G (optim/capture.py) plus the
     Kronecker product A_2 (x) G_2 nearest to the rest of the step's Fisher block, F - A (x) G (nearest_kronecker
     with minus, warm-started; both averaged across factor-update steps), damped on the KFAC term as in optim/kfac.py:
@@ -123,16 +120,22 @@ class KFACCorrected(KPSVD):
 
         U = P_G [ (P_G^T V P_A) / (1 + d_G d_A^T) ] P_A^T
 
+    the eigenbasis solve (kernels.eigenbasis_precondition) with non-orthogonal bases and D = max(1 + d_G d_A^T, KEEP).
     factors() returns KFAC's (A, G); the correction is st['A2'], st['G2'] (sqrt(sigma) times unit-norm matrices).
-    Decompositions every inv_update_freq steps. Hyperparameters: those of KPSVD, same defaults.
+    Decompositions every inv_update_freq steps, the correction also on the factor-update steps in between.
+    Hyperparameters: the shared ones (optim/kronecker.py), power_tol=1e-4 and power_iters=100 (as KPSVD's).
 
     Caveats:
     - The rank-2 sum need not be positive definite: 1 + d_G d_A is clamped at KEEP = 0.1.
     - The correction is indefinite, so the damping acts on the KFAC term (with its cross terms), not as lambda I.
-    - eigen_refresh is unused: the decomposition is refreshed every inv_update_freq steps only.
     """
 
-    reduce = None  # RowCapture passes the KFAC factors through; the correction is computed after the NaN guard
+    keep_rows = True
+
+    def __init__(self, model, power_tol=1e-4, power_iters=100, **shared):  # shared: KroneckerOptimizer's
+        check_power(power_tol, power_iters)
+        self.power_tol, self.power_iters = power_tol, power_iters
+        super().__init__(model, **shared)
 
     def correct(self, st):
         a, g = st['rows']
@@ -146,19 +149,20 @@ class KFACCorrected(KPSVD):
         if 'rows' in st:
             self.correct(st)
         A, G = st['A'], st['G']
-        a, g = A.diagonal().mean(), G.diagonal().mean()
-        lam = self.damping_for(a, g)
-        pi = torch.where((a > 0) & (g > 0), (a / g).sqrt(), torch.ones_like(a))
+        lam, alpha, beta = split_damping(self, A.diagonal().mean(), G.diagonal().mean())
         eye = lambda M: torch.eye(M.shape[0], dtype=M.dtype, device=M.device)  # noqa: E731
-        for f, M, damp in (('A', A, pi * lam ** 0.5), ('G', G, lam ** 0.5 / pi)):
+        for f, M, damp in (('A', A, alpha), ('G', G, beta)):
             C = st[f + '2']
-            st['d_' + f], st['P_' + f] = self.robust(lambda M, d: generalized_eigh(M + d * eye(M), C.to(M.dtype)),
-                                                     M, damp.item(), f'simultaneous diagonalisation of {f}')
+            st['d_' + f], st['P_' + f] = robust(self, lambda M, d: generalized_eigh(M + d * eye(M), C.to(M.dtype)),
+                                                M, damp.item(), f'simultaneous diagonalisation of {f}')
         st['damping_eff'] = torch.as_tensor(lam, dtype=A.dtype, device=A.device)
 
     def refresh_decomposition(self, st):
         self.correct(st)
 
     def precondition(self, st, V):
-        scale = (1 + st['d_G'][:, None] * st['d_A'][None, :]).clamp_min(KEEP)
-        return st['P_G'] @ ((st['P_G'].T @ V @ st['P_A']) / scale) @ st['P_A'].T
+        D = (1 + torch.outer(st['d_G'], st['d_A'])).clamp_min(KEEP)
+        return eigenbasis_precondition(V, st['P_G'], st['P_A'], D)
+
+    def diagnostics(self):
+        return dict(super().diagnostics(), **mean_power_iters(self))

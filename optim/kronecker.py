@@ -3,20 +3,24 @@ What every Kronecker-factored optimizer (KFAC, Fixed Fisher, EVA, ...) shares: K
 torch.optim.Optimizer that owns the schedule, the factors' running averages, momentum, weight decay, KL clipping,
 grafting, the NaN guard, AdamW for the parameters it does not precondition, state_dict and diagnostics, on the factors
 of optim/capture.py (its FactorCapture; the conventions are in its docstring and DESIGN.md) and with
-Levenberg-Marquardt damping from optim/levenberg_marquardt.py. A method subclasses KroneckerOptimizer and writes only
-its factors -> preconditioner math, per layer: update_decomposition(st) and precondition(st, V) (the shared damped
-solves are in optim/solves.py).
+Levenberg-Marquardt damping from optim/levenberg_marquardt.py.
+
+One way to plug in a method: subclass KroneckerOptimizer (or optim/eigenbasis.py's EigenbasisOptimizer), take its
+own knobs in __init__(model, <own knobs>, **shared) and pass **shared on, and write its math, per layer, in the
+methods below the "method's part" line: precondition(st, V) always; update_decomposition(st),
+refresh_decomposition(st), new_factors(st, A, G), start_factors(st, V) where it needs them; and say what it captures
+with the class attributes statistic, keep_rows, logits_grad, hooked, factor_names. The shared damped solves are in
+optim/solves.py. Then one line in optim/__init__.py's OPTIMIZERS.
 """
 
 import math
 
 import torch
-import torch.nn.functional as F
 
-from optim.adamw import adamw_param_groups
-from optim.capture import FactorCapture, outer, split_layers, unwrap
+from optim.adamw import adamw_for_the_rest
+from optim.capture import FactorCapture, logits_module, outer, split_layers, unwrap
 from optim.distributed import MODES, Ranks, world
-from optim.levenberg_marquardt import levenberg_marquardt, quadratic_model
+from optim.levenberg_marquardt import adapt_damping
 
 
 class KroneckerOptimizer(torch.optim.Optimizer):
@@ -31,38 +35,23 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     Every other parameter (embeddings, norms, the tied lm_head, excluded or too wide layers) is stepped by AdamW
     (betas (beta1, beta2), eps; decay on 2-D tensors only) at lr * adamw_lr_scale.
 
-    Shared hyperparameters (defaults):
+    The shared hyperparameters, declared here once (every method takes them; its own are in its file). The defaults
+    are train.py's (tests/test_optim_kronecker.py checks that they agree):
         lr=1e-3, weight_decay=0.1 (decoupled), momentum=0.9, damping=1e-3 (lambda, > 0),
         damping_mode='absolute' ('relative': lambda * (tr A / dim A) (tr G / dim G), scale-free),
-        factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3 (None disables),
+        factor_decay=0.95, factor_update_freq=10, inv_update_freq=10, kl_clip=None (off; a number clips),
         fisher='empirical' (training labels, free) | 'sampled' (labels drawn from the model's softmax on
         factor-update steps: one extra backward, the true Fisher), exclude='' (comma-separated module names),
-        max_factor_dim=8192 (wider layers go to AdamW), grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8,
-        adamw_lr_scale=1.0, damping_schedule='constant' | 'lm', damping_update_freq=5 (T1).
-
-    damping_schedule='lm' adapts lambda by the Levenberg-Marquardt rule of Martens & Grosse (2015, section 6.5): every
-    T1 steps, after step(), call adapt_damping(model, batches) with the step's (X, Y) micro-batches. With delta the
-    step's change of all the weights, on those batches (eval mode: no dropout),
-        rho = (h(theta + delta) - h(theta)) / (M(delta) - M(0)),
-        M(delta) - M(0) = grad h^T delta + 1/2 delta^T F delta + 1/2 sum_layers lambda_layer |delta_layer|^2
-    h the mean cross-entropy, F its exact Fisher (= the Gauss-Newton matrix for softmax cross-entropy, from a
-    forward-mode Jacobian-vector product), lambda_layer each preconditioned layer's damping in use (weight decay is
-    decoupled, not part of h: no eta term). Then lambda <- omega lambda if rho > 3/4, lambda / omega if rho < 1/4,
-    omega = (19/20)^T1, kept in [1e-10, 1e10]; a rho that is not finite or a predicted change >= 0 leaves lambda.
-    KFAC's inverses see a new lambda at their next refresh, Fixed Fisher's eigenbasis solve at the next step. The
-    rule assumes the step's length comes from the same quadratic model (Martens & Grosse's alpha, mu); with
-    grafting or a small lr the step is short, rho stays near 1 and lambda falls to its floor (README, Results).
+        max_factor_dim=4096 (wider layers go to AdamW), grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8,
+        adamw_lr_scale=1.0, damping_schedule='constant' | 'lm' (Levenberg-Marquardt, Martens & Grosse 2015 section
+        6.5: after step(), call adapt_damping(model, batches) with the step's micro-batches every
+        damping_update_freq=5 steps; the rule and its caveat are in optim/levenberg_marquardt.py).
 
     A plain loss.backward(), then step(), as with any torch.optim optimizer, is enough for an unscaled mean loss of
-    one micro-batch per step: the hooks then read g_hat = M dL/dy. Everything else calls
-    optimizer.backward(scaled_loss, logits, loss_scale) in place of scaled_loss.backward(), scaled_loss =
-    loss_scale * loss: gradient accumulation (loss_scale = 1 / micro-steps) and fp16 (GradScaler's scale, times
-    that), since G needs the loss scale, and fisher='sampled', which needs the logits. step() raises on what it can
-    see: fisher='sampled', or a layer run in several forward passes of one step (micro-steps, or a layer applied
-    several times per forward), with plain backwards only. It cannot see a GradScaler's scale in a plain backward:
-    G would come out scale^2 too large, so under fp16 always call optimizer.backward. A NaN/Inf in a gradient or a
-    new factor skips the step (counted, printed; factors keep their last finite values); a decomposition that
-    fails or gives non-finite values is retried in float64 with more damping (counted, printed).
+    one micro-batch per step; gradient accumulation, fp16 and fisher='sampled' call optimizer.backward(scaled_loss,
+    logits, loss_scale) instead (FactorCapture.check_plain_backward says why; step() refuses what it can see). A
+    NaN/Inf in a gradient or a new factor skips the step (counted, printed; factors keep their last finite values);
+    a decomposition that fails is retried as optim/solves.py's robust says (counted, printed).
 
     Under DDP (torchrun; build the optimizer on the unwrapped model, after init_process_group) the factors are
     averaged over ranks on factor-update steps and each layer's decomposition runs on one rank: the attribute
@@ -78,11 +67,17 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     - The NaN guard costs one host sync per step.
     """
 
-    statistic = staticmethod(outer)  # what the hooks sum per token; EVA sums vectors instead
+    # What a method captures (class attributes):
+    statistic = staticmethod(outer)  # summed per token by the hooks: x^T x; EVA sums vectors, iEF squared norms
+    keep_rows = False  # True: st['rows'] = the step's per-token (a, g_hat) on factor-update steps (EKFAC, KPSVD, iEF)
+    logits_grad = False  # True: self.capture.logits, each token's ||dl/dz||^2 from self.logits_module (iEF, iEKFAC)
+    logits_module = None  # the module that outputs the logits; None: lm_head, else the last nn.Linear
+    hooked = True  # False: no hooks, the factors come from the gradient (start_factors; DyKAF)
+    factor_names = ('A', 'G')  # the keys of the input- and output-side factors in st (DyKAF: R, L)
 
     def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
-                 factor_decay=0.95, factor_update_freq=10, inv_update_freq=100, kl_clip=1e-3, fisher='empirical',
-                 exclude='', max_factor_dim=8192, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
+                 factor_decay=0.95, factor_update_freq=10, inv_update_freq=10, kl_clip=None, fisher='empirical',
+                 exclude='', max_factor_dim=4096, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
                  adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5):
         if not (isinstance(damping, (int, float)) and damping > 0 and math.isfinite(damping)):
             raise ValueError(f"damping must be a finite number > 0, got {damping!r}")
@@ -92,7 +87,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
                                   ('damping_schedule', damping_schedule, ('constant', 'lm'))]:
             if value not in known:
                 raise ValueError(f"unknown {arg} {value!r}; known: {', '.join(known)}")
-        if kl_clip is not None and not kl_clip > 0:
+        if kl_clip is not None and not (isinstance(kl_clip, (int, float)) and kl_clip > 0):
             raise ValueError(f"kl_clip must be > 0 or None (no clipping), got {kl_clip!r}")
         if not 0 <= factor_decay < 1:
             raise ValueError(f"factor_decay must be in [0, 1), got {factor_decay!r}")
@@ -115,21 +110,19 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         kron = {p for m in self.modules_.values() for p in m.parameters()}
         groups = [dict(params=list(m.parameters()), name=name, kind='kronecker', lr=lr, weight_decay=weight_decay,
                        momentum=momentum) for name, m in self.modules_.items()]
-        adamw_groups = [dict(g, kind='adamw', lr=lr * adamw_lr_scale, lr_scale=adamw_lr_scale)
-                        for g in adamw_param_groups([p for p in model.parameters() if p not in kron], weight_decay)
-                        if g['params']]
-        # AdamW steps its groups itself; they are also ours (same dicts, same state), so train.py's
+        # AdamW steps the other parameters' groups itself; they are also ours (same dicts, same state), so train.py's
         # group['lr'] = lr * group.get('lr_scale', 1.0) and state_dict() reach them
-        fused = all(p.is_cuda for g in adamw_groups for p in g['params'])  # as optim/adamw.py
-        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=self.betas, eps=eps, fused=fused or None) \
-            if adamw_groups else None
+        self.adamw = adamw_for_the_rest([p for p in model.parameters() if p not in kron], lr, weight_decay,
+                                        self.betas, eps, adamw_lr_scale)
         super().__init__(groups + (self.adamw.param_groups if self.adamw else []),
                          defaults=dict(lr=lr, weight_decay=weight_decay))
         self._link_adamw()
 
         dtypes = {name: torch.float64 if m.weight.dtype == torch.float64 else torch.float32
                   for name, m in self.modules_.items()}
-        self.capture = FactorCapture(self.modules_, self.statistic, dtypes)
+        logits = logits_module(model, self.logits_module) if self.logits_grad else None
+        self.capture = FactorCapture(self.modules_ if self.hooked else {}, self.statistic, dtypes, self.keep_rows,
+                                     logits)
         self.timer = self.capture.timer
         self.layer_state = {name: {} for name in self.modules_}  # factors, decompositions, buffers per layer
         self.steps, self.skipped_steps, self.decomp_retries, self._steps_since_log = 0, 0, 0, 0
@@ -176,14 +169,22 @@ class KroneckerOptimizer(torch.optim.Optimizer):
 
     # ---- the method's part: override these ----
 
+    def precondition(self, st, V):
+        """U = the method's damped inverse of the layer's factors applied to V (d_out, d_in [+1])."""
+        raise NotImplementedError
+
     def update_decomposition(self, st):
         """Recompute what precondition() needs from st['A'], st['G'] (inverses, eigenbases) into st."""
 
     def refresh_decomposition(self, st):
         """Cheap refresh on factor-update steps between update_decomposition()s; by default none."""
 
-    def precondition(self, st, V):
-        """U = the method's damped inverse of the layer's factors applied to V (d_out, d_in [+1])."""
+    def new_factors(self, st, A, G):
+        """The step's factors to average, from the captured means A, G (and st['rows'] with keep_rows)."""
+        return A, G
+
+    def start_factors(self, st, V):
+        """hooked = False: a layer's first (finite) gradient V starts its factors in st."""
         raise NotImplementedError
 
     # ---- helpers for methods ----
@@ -196,64 +197,18 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         ag = a * g
         return torch.where(ag > 0, self.damping * ag, torch.full_like(ag, self.damping))
 
-    def robust(self, fn, M, damping, what):
-        """fn(M, damping) (an inverse or an eigendecomposition of the factor M, damping >= 0). If it raises or gives
-        non-finite values: again in float64 with the same damping (the same damped Fisher, more precision; counted
-        in decomp_retries, logged); only if that fails too, in float64 with M shifted by a larger damping, 10x plus
-        1e-6 of M's mean diagonal: a different Fisher (for Fixed Fisher a shift of a factor is a cross term), so it
-        is logged as such and counted in decomp_shifts."""
-        def attempt(M_, damping_):
-            try:
-                out = fn(M_, damping_)
-                if all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,))):
-                    return out, None
-                return None, 'non-finite result'
-            except (torch.linalg.LinAlgError, ValueError) as e:  # kernels raise ValueError for a non-PD factor
-                return None, str(e).splitlines()[0]
-
-        out, why = attempt(M, damping)
-        if out is not None:
-            return out
-        if M.dtype != torch.float64:  # (already float64: only a shift is left to try)
-            self.decomp_retries += 1
-            print(f"{type(self).__name__}: {what} failed in {M.dtype} ({why}); retrying in float64")
-            out, why = attempt(M.double(), damping)
-        if out is None:
-            more = 10 * float(damping) + 1e-6 * M.diagonal().abs().mean().item() + 1e-30
-            self.decomp_shifts += 1
-            print(f"{type(self).__name__}: {what} failed in float64 too ({why}); shifting the factor by {more:.3g} I "
-                  f"(a different damped Fisher; counted in decomp_shifts)")
-            out, why = attempt(M.double(), more)
-            if out is None:
-                raise torch.linalg.LinAlgError(f"{type(self).__name__}: {what} failed even shifted by {more:.3g}: {why}")
-        return tuple(t.to(M.dtype) for t in out) if isinstance(out, tuple) else out.to(M.dtype)
-
     # ---- the loop ----
 
     def backward(self, scaled_loss, logits=None, loss_scale=1.0):
         """scaled_loss.backward(), scaled_loss = loss_scale * loss with loss the mean cross-entropy over the
-        micro-batch's tokens, computed from logits. On factor-update steps with fisher='sampled', first one
-        backward with labels drawn from softmax(logits), which records G and leaves .grad alone. It runs
-        torch.autograd.grad onto the layers' biases (weights where there is none), not onto their outputs: an
-        in-place activation rewrites an output, and the gradient before it would not be computed. With
-        fisher='empirical', a plain loss.backward() of one micro-batch's unscaled loss is this call, loss_scale 1."""
+        micro-batch's tokens, computed from logits; on factor-update steps with fisher='sampled', first the sampled
+        labels' backward that records G (FactorCapture.sampled_backward). With fisher='empirical', a plain
+        loss.backward() of one micro-batch's unscaled loss is this call, loss_scale 1."""
         self.capture.loss_scale = float(loss_scale)
         if self.capture.armed:
             self._backward_called = True
-        if self.capture.armed and self.fisher == 'sampled':
-            if logits is None:
-                raise ValueError("fisher='sampled' needs the logits: optimizer.backward(scaled_loss, logits, "
-                                 "loss_scale)")
-            with self.timer('factors', logits.device):
-                with torch.no_grad():  # y_m ~ softmax(logits_m), in row chunks: float32 probabilities are big
-                    flat = logits.detach().reshape(-1, logits.shape[-1])  # (M, vocab)
-                    dtype = torch.promote_types(flat.dtype, torch.float32)
-                    y = torch.cat([torch.multinomial(c.to(dtype).softmax(-1), 1) for c in flat.split(4096)])[:, 0]
-                loss_sampled = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y)  # same mean over M tokens
-                self.capture.record_grads = True
-                ends = [m.weight if m.bias is None else m.bias for m in self.modules_.values()]
-                torch.autograd.grad(loss_sampled * loss_scale, ends, retain_graph=True, allow_unused=True)
-                self.capture.record_grads = False
+            if self.fisher == 'sampled':
+                self.capture.sampled_backward(logits, loss_scale)
         scaled_loss.backward()
 
     def _arm(self):
@@ -262,7 +217,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             self.capture.arm()
         else:
             self.capture.disarm()
-        self.capture.clear()
+        self._clear()
         self.capture.record_grads = self.fisher == 'empirical'
         self.capture.loss_scale, self._backward_called = 1.0, False  # what a plain loss.backward() means
 
@@ -275,25 +230,18 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         """Clears the gradients and whatever the hooks recorded since the last step (e.g. of a step that a
         GradScaler skipped)."""
         super().zero_grad(set_to_none=set_to_none)
+        self._clear()
+
+    def _clear(self):
+        """Forget what the hooks recorded, and the step's rows."""
         self.capture.clear()
+        for st in self.layer_state.values():
+            st.pop('rows', None)
 
     def factors(self):
-        """{module name: (A, G)} of the preconditioned layers that have factors (EVA: (a_bar, g_bar))."""
-        return {name: (st['A'], st['G']) for name, st in self.layer_state.items() if 'A' in st}
-
-    def _check_plain_backward(self):
-        """A factor-update step whose backwards were all plain ones: refuse what they cannot give."""
-        passes, call = self.capture.passes, "call optimizer.backward(scaled_loss, logits, loss_scale)"
-        if passes and self.fisher == 'sampled':
-            raise RuntimeError(f"{type(self).__name__}: fisher='sampled' draws labels from the logits, which a plain "
-                               f"loss.backward() does not pass: {call} in place of scaled_loss.backward()")
-        many = {name: n for name, n in passes.items() if n > 1}
-        if many:  # n micro-steps of loss / n each: g_hat = M grad would be n times too small, G n^2 times
-            name, n = next(iter(many.items()))
-            raise RuntimeError(f"{type(self).__name__}: {name} ran {n} forward passes in this step with plain "
-                               f"backward(s) only; under gradient accumulation G needs each micro-step's loss scale "
-                               f"(and a layer applied several times per forward needs it too): {call} for each "
-                               "micro-step, loss_scale = 1 / micro-steps (times GradScaler's scale)")
+        """{module name: (A, G)} of the preconditioned layers that have factors (EVA: (a_bar, g_bar); DyKAF: (R, L))."""
+        A, G = self.factor_names
+        return {name: (st[A], st[G]) for name, st in self.layer_state.items() if A in st}
 
     def _all_finite(self, new):
         tensors = [p.grad for g in self.param_groups for p in g['params'] if p.grad is not None]
@@ -305,7 +253,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     def _skip(self, new):
         bad = [self.param_names.get(p, '?') + '.grad' for g in self.param_groups for p in g['params']
                if p.grad is not None and not torch.isfinite(p.grad).all()]
-        bad += [f'{n}.{f}' for n, pair in new.items() for f, t in zip('AG', pair) if not torch.isfinite(t).all()]
+        bad += [f'{n}.{f}' for n, pair in new.items() for f, t in zip(self.factor_names, pair)
+                if not torch.isfinite(t).all()]
         self.skipped_steps += 1
         print(f"{type(self).__name__}: non-finite {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} at step "
               f"{self.steps}: step skipped ({self.skipped_steps} so far), factors keep their last finite values")
@@ -318,8 +267,13 @@ class KroneckerOptimizer(torch.optim.Optimizer):
                 loss = closure()
         factor_step = self.capture.armed
         if factor_step and not self._backward_called:
-            self._check_plain_backward()
+            self.capture.check_plain_backward(type(self).__name__, self.fisher)
         new = self.capture.take() if factor_step else {}
+        for name, rows in self.capture.rows.items():
+            self.layer_state[name]['rows'] = rows
+        if new and type(self).new_factors is not KroneckerOptimizer.new_factors:
+            with self.timer('factors', next(iter(new.values()))[0].device):
+                new = {name: self.new_factors(self.layer_state[name], A, G) for name, (A, G) in new.items()}
         if not self._all_finite(new):
             self._skip(new)
             self._arm()
@@ -328,16 +282,20 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             self._lm_before = [p.detach().clone() for g in self.param_groups for p in g['params']]
 
         layers = [(g, self.layer_state[g['name']]) for g in self.param_groups if g['kind'] == 'kronecker']
+        first = self.factor_names[0]  # a layer has factors iff st holds this key
         for group, st in layers:
             if group['name'] in new:
                 device = group['params'][0].device
                 with self.timer('factors', device):
-                    for key, f in zip('AG', new[group['name']]):
+                    for key, f in zip(self.factor_names, new[group['name']]):
                         st[key] = f if key not in st else st[key].lerp_(f, 1 - self.factor_decay)
+            elif not self.hooked and first not in st and group['params'][0].grad is not None:
+                V = gradient_matrix(group)
+                self.start_factors(st, V.to(torch.promote_types(V.dtype, torch.float32)))
         inv_step = self.steps % self.inv_update_freq == 0
         full, refresh = [], []  # layers to decompose, and to refresh (factors updated between decompositions)
         for group, st in layers:
-            if 'A' not in st:
+            if first not in st:
                 continue
             if inv_step or not st.get('decomposed'):
                 full.append(group['name'])
@@ -362,11 +320,10 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             W = group['params'][0]
             if W.grad is None:
                 continue
-            if 'A' not in st:
+            if first not in st:
                 raise RuntimeError(f"{group['name']} has a gradient but no Kronecker factors: was its forward run in "
                                    "train mode with grad enabled on a factor-update step?")
-            V = torch.cat([W.grad, group['params'][1].grad[:, None]], 1) if len(group['params']) == 2 else W.grad
-            active.append((group, st, V.to(st['A'].dtype)))  # (d_out, d_in [+1])
+            active.append((group, st, gradient_matrix(group).to(st[first].dtype)))
         if active:
             with self.timer('precond', active[0][2].device):
                 Us = [self.precondition(st, V) for _, st, V in active] if self.ranks is None else \
@@ -404,31 +361,9 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         """True after a step() that adapt_damping() should follow (damping_schedule='lm', every T1 steps)."""
         return self._lm_before is not None
 
-    @torch.no_grad()
     def adapt_damping(self, model, batches):
-        """The Levenberg-Marquardt update of lambda (class docstring) from the reduction ratio of the last step on
-        batches, a list of (X, Y) with model(X, Y) -> (logits, mean loss); a no-op unless lm_pending. Under DDP every
-        rank passes its own micro-batches: the four sums are averaged over ranks. Returns rho."""
-        if self._lm_before is None:
-            return None
-        params = [p for g in self.param_groups for p in g['params']]
-        before, self._lm_before = self._lm_before, None
-        model = unwrap(model)
-        names = {p: n for n, p in model.named_parameters()}
-        theta0 = {names[p]: p0 for p, p0 in zip(params, before)}
-        delta = {names[p]: (p.detach() - p0).to(p0.dtype) for p, p0 in zip(params, before)}
-        h0, dh, dFd, h1 = quadratic_model(model, theta0, delta, batches)
-        lam_term = 0.0
-        for group in self.param_groups:
-            if group['kind'] == 'kronecker':
-                st, d = self.layer_state[group['name']], [delta[names[p]] for p in group['params']]
-                lam = float(torch.as_tensor(st.get('damping_eff', self.damping)).mean())
-                lam_term += lam * sum(float(x.double().square().sum()) for x in d)
-        predicted = dh + 0.5 * (dFd + lam_term)
-        rho = (h1 - h0) / predicted if predicted != 0 else float('nan')
-        self.lm_ratio = rho
-        self.damping = levenberg_marquardt(self.damping, rho, predicted, self.damping_update_freq)
-        return rho
+        """The Levenberg-Marquardt update of lambda after a step (class docstring; optim/levenberg_marquardt.py)."""
+        return adapt_damping(self, model, batches)
 
     def _graft(self, st, U, V):
         """U rescaled to the norm of Adam's update for this layer (its own Adam moments of V)."""
@@ -511,7 +446,13 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             device = self.modules_[name].weight.device
             if self.ranks is not None and self.ranks.mode == 'gradient' and not self.ranks.owns(name):
                 # distribute='gradient': another rank decomposes and preconditions this layer; keep what step() uses
-                st = {k: v for k, v in st.items() if k in ('A', 'G', 'momentum_buffer', 'exp_avg', 'exp_avg_sq',
-                                                           'decomposed')}
+                st = {k: v for k, v in st.items() if k in self.factor_names + ('momentum_buffer', 'exp_avg',
+                                                                               'exp_avg_sq', 'decomposed')}
             self.layer_state[name] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in st.items()}
         self._arm()
+
+
+def gradient_matrix(group):
+    """V = [dL/dW | dL/db] (d_out, d_in [+1]) of a preconditioned layer's param group: the bias as the last column."""
+    W = group['params'][0]
+    return torch.cat([W.grad, group['params'][1].grad[:, None]], 1) if len(group['params']) == 2 else W.grad

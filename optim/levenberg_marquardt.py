@@ -10,6 +10,7 @@ import torch
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from optim.capture import unwrap
 from optim.distributed import world
 
 
@@ -54,3 +55,30 @@ def levenberg_marquardt(damping, rho, predicted, update_freq):
         if rho < 0.25:
             return min(damping / omega, 1e10)
     return damping
+
+
+@torch.no_grad()
+def adapt_damping(opt, model, batches):
+    """The Levenberg-Marquardt update of opt.damping (KroneckerOptimizer's docstring) from the reduction ratio of the
+    last step on batches, a list of (X, Y) with model(X, Y) -> (logits, mean loss); a no-op unless lm_pending. Under DDP every
+    rank passes its own micro-batches: the four sums are averaged over ranks. Returns rho."""
+    if opt._lm_before is None:
+        return None
+    params = [p for g in opt.param_groups for p in g['params']]
+    before, opt._lm_before = opt._lm_before, None
+    model = unwrap(model)
+    names = {p: n for n, p in model.named_parameters()}
+    theta0 = {names[p]: p0 for p, p0 in zip(params, before)}
+    delta = {names[p]: (p.detach() - p0).to(p0.dtype) for p, p0 in zip(params, before)}
+    h0, dh, dFd, h1 = quadratic_model(model, theta0, delta, batches)
+    lam_term = 0.0
+    for group in opt.param_groups:
+        if group['kind'] == 'kronecker':
+            st, d = opt.layer_state[group['name']], [delta[names[p]] for p in group['params']]
+            lam = float(torch.as_tensor(st.get('damping_eff', opt.damping)).mean())
+            lam_term += lam * sum(float(x.double().square().sum()) for x in d)
+    predicted = dh + 0.5 * (dFd + lam_term)
+    rho = (h1 - h0) / predicted if predicted != 0 else float('nan')
+    opt.lm_ratio = rho
+    opt.damping = levenberg_marquardt(opt.damping, rho, predicted, opt.damping_update_freq)
+    return rho

@@ -1,21 +1,19 @@
 """
 The damped Kronecker solves the methods share, per nn.Linear layer with factors A (d_in [+1]) and G (d_out), gradient
 V (d_out, d_in [+1]), lambda the layer's damping (optim/kronecker.py's damping_for), pi = sqrt((tr A/dim A) /
-(tr G/dim G)), alpha = pi sqrt(lambda), beta = sqrt(lambda) / pi:
+(tr G/dim G)), alpha = pi sqrt(lambda), beta = sqrt(lambda) / pi (split_damping):
 
-    KFAC (kfac_inverses):          U = (G + beta I)^-1 V (A + alpha I)^-1
-                                     = ((A + alpha I) (x) (G + beta I))^-1 vec(V)
-    eigenbasis (damped_eigen_solve): U = Q_G [(Q_G^T V Q_A) / D] Q_A^T,  D = s_G s_A^T + lambda + gamma (beta s_A^T + alpha s_G)
-                                     = (A (x) G + lambda I + gamma (beta A (x) I + alpha I (x) G))^-1 vec(V)
-                                     gamma = 0: Fixed Fisher; gamma = 1: KFAC again, (s_G + beta)(s_A + alpha)^T
+    KFAC (kfac_inverses):   U = (G + beta I)^-1 V (A + alpha I)^-1 = ((A + alpha I) (x) (G + beta I))^-1 vec(V)
+    eigenbasis (eigen_decompose, then kernels.eigenbasis_precondition with the method's denominator D):
+                            U = Q_G [(Q_G^T V Q_A) / D] Q_A^T        (optim/eigenbasis.py; D next to each method's math)
     KFAC-preconditioned CG (kfac_cg_solve): k steps of CG on G X A + lambda X = V from KFAC's answer: k = 0 is KFAC,
-                                     growing k reaches Fixed Fisher's (A (x) G + lambda I)^-1 vec(V) without an eigh
+                            growing k reaches Fixed Fisher's (A (x) G + lambda I)^-1 vec(V) without an eigh
+and robust, the retry every decomposition goes through.
 """
 
 import torch
 
 from kernels import damped_inverse  # (M + damping I)^-1: Triton Newton-Schulz on GPUs, Cholesky otherwise
-from kernels import eigenbasis_precondition  # the eigenbasis solve: a fused Triton kernel on GPUs, matmuls otherwise
 
 
 def eigh_psd(M, damping=0.0):
@@ -47,8 +45,8 @@ def kfac_inverses(opt, st):
     """st['A_inv'] = (A + alpha I)^-1, st['G_inv'] = (G + beta I)^-1 (by opt.robust), st['damping_eff'] = lambda."""
     A, G = st['A'], st['G']
     lam, alpha, beta = split_damping(opt, A.diagonal().mean(), G.diagonal().mean())
-    st['A_inv'] = opt.robust(damped_inverse, A, alpha.item(), 'inverse of A')
-    st['G_inv'] = opt.robust(damped_inverse, G, beta.item(), 'inverse of G')
+    st['A_inv'] = robust(opt, damped_inverse, A, alpha.item(), 'inverse of A')
+    st['G_inv'] = robust(opt, damped_inverse, G, beta.item(), 'inverse of G')
     st['damping_eff'] = torch.as_tensor(lam, dtype=A.dtype, device=A.device)
 
 
@@ -56,19 +54,8 @@ def eigen_decompose(opt, st, dtype):
     """st['s_A'], st['Q_A'], st['s_G'], st['Q_G']: eigh of the factors in (at least) dtype, retried by opt.robust."""
     for f in 'AG':
         M = st[f].to(torch.promote_types(st[f].dtype, dtype))
-        s, Q = opt.robust(eigh_psd, M, 0.0, f'eigh of {f}')
+        s, Q = robust(opt, eigh_psd, M, 0.0, f'eigh of {f}')
         st['s_' + f], st['Q_' + f] = s.to(st[f].dtype), Q.to(st[f].dtype)
-
-
-def damped_eigen_solve(opt, st, V, cross_terms):
-    """The eigenbasis solve with gamma = cross_terms (module docstring), mean(s) for tr/dim. One kernel call:
-    D = (s_G + gamma beta)(s_A + gamma alpha)^T + lambda (1 - gamma^2)."""
-    lam, alpha, beta = split_damping(opt, st['s_A'].mean(), st['s_G'].mean())
-    st['damping_eff'] = lam
-    if cross_terms == 0:
-        return eigenbasis_precondition(V, st['Q_G'], st['s_G'], st['Q_A'], st['s_A'], lam)
-    return eigenbasis_precondition(V, st['Q_G'], st['s_G'] + cross_terms * beta, st['Q_A'],
-                                   st['s_A'] + cross_terms * alpha, lam * (1 - cross_terms ** 2))
 
 
 def kfac_cg_solve(opt, st, V, steps):
@@ -96,3 +83,36 @@ def kfac_cg_solve(opt, st, V, steps):
             rz, rz_old = (R * Z).sum(), rz
             D = Z + (rz / rz_old.clamp_min(tiny)) * D
     return X
+
+
+def robust(opt, fn, M, damping, what):
+    """fn(M, damping) for optimizer opt (an inverse or an eigendecomposition of the factor M, damping >= 0). If it raises or gives
+    non-finite values: again in float64 with the same damping (the same damped Fisher, more precision; counted
+    in decomp_retries, logged); only if that fails too, in float64 with M shifted by a larger damping, 10x plus
+    1e-6 of M's mean diagonal: a different Fisher (for Fixed Fisher a shift of a factor is a cross term), so it
+    is logged as such and counted in decomp_shifts."""
+    def attempt(M_, damping_):
+        try:
+            out = fn(M_, damping_)
+            if all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else (out,))):
+                return out, None
+            return None, 'non-finite result'
+        except (torch.linalg.LinAlgError, ValueError) as e:  # kernels raise ValueError for a non-PD factor
+            return None, str(e).splitlines()[0]
+
+    out, why = attempt(M, damping)
+    if out is not None:
+        return out
+    if M.dtype != torch.float64:  # (already float64: only a shift is left to try)
+        opt.decomp_retries += 1
+        print(f"{type(opt).__name__}: {what} failed in {M.dtype} ({why}); retrying in float64")
+        out, why = attempt(M.double(), damping)
+    if out is None:
+        more = 10 * float(damping) + 1e-6 * M.diagonal().abs().mean().item() + 1e-30
+        opt.decomp_shifts += 1
+        print(f"{type(opt).__name__}: {what} failed in float64 too ({why}); shifting the factor by {more:.3g} I "
+              f"(a different damped Fisher; counted in decomp_shifts)")
+        out, why = attempt(M.double(), more)
+        if out is None:
+            raise torch.linalg.LinAlgError(f"{type(opt).__name__}: {what} failed even shifted by {more:.3g}: {why}")
+    return tuple(t.to(M.dtype) for t in out) if isinstance(out, tuple) else out.to(M.dtype)

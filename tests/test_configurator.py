@@ -41,20 +41,21 @@ def test_config_file_then_command_line(tmp_path):
     (['--batch_sise=32'], ValueError, 'batch_sise'),
     (['--batch_size=3.5'], TypeError, 'batch_size'),
     (['--compile=1'], TypeError, 'compile'),
-    (['--kl_clip=abc'], TypeError, 'kl_clip'),
+    (['--kl_clip=[1e-3]'], TypeError, 'kl_clip'),
     (['--kl_clip=True'], TypeError, 'kl_clip'),
-], ids=['unknown-key', 'float-for-int', 'int-for-bool', 'str-for-none', 'bool-for-none'])
+], ids=['unknown-key', 'float-for-int', 'int-for-bool', 'list-for-none', 'bool-for-none'])
 def test_bad_override_names_the_key(argv, error, key):
     with pytest.raises(error, match=f"'{key}'"):
         configure(argv, **DEFAULTS)
 
 
-def test_none_default_takes_none_or_a_number(tmp_path):
+def test_none_default_takes_none_a_number_or_a_string(tmp_path):
     assert configure(['--kl_clip=None'], **DEFAULTS)['kl_clip'] is None
     assert configure(['--kl_clip=1'], **DEFAULTS)['kl_clip'] == 1
+    assert configure(['--kl_clip=eigen'], **DEFAULTS)['kl_clip'] == 'eigen'  # as solve = None takes a name
     path = tmp_path / 'cfg.py'
-    path.write_text("kl_clip = 'abc'\n")
-    with pytest.raises(TypeError, match="'kl_clip' must be None or a number.*'abc'"):
+    path.write_text("kl_clip = [1e-3]\n")
+    with pytest.raises(TypeError, match="'kl_clip' must be None, a number or a string.*list"):
         configure([str(path)], **DEFAULTS)
 
 

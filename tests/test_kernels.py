@@ -19,7 +19,6 @@ import torch
 
 import kernels
 from kernels.eigenbasis import eigenbasis_precondition_ref
-from kernels.factors import factor_update_ref
 from kernels.inverse import damped_inverse_ref, newton_schulz
 
 DEVICE = 'cpu' if kernels._triton.INTERPRET or not torch.cuda.is_available() else 'cuda'
@@ -103,20 +102,6 @@ def test_damped_inverse_falls_back_only_for_matrices_that_do_not_converge(caplog
 
 
 @needs_triton
-def test_damped_inverse_warm_start_takes_fewer_steps():
-    # the factor drifts by less than its damping, ‖(M1 - M0) M0⁻¹‖_F < 1, so the old inverse is a converging guess
-    M0, M1 = spd(17, 1e4), 0.999 * spd(17, 1e4) + 0.001 * spd(17, 1e4, seed=1)
-    lam = torch.tensor([1e-3], device=DEVICE)
-    X0 = kernels.damped_inverse(M0, 1e-3, backend='torch')
-    _, _, cold = newton_schulz(M1[None].contiguous(), lam)
-    X, ok, warm = newton_schulz(M1[None].contiguous(), lam, X0[None])
-    assert ok.all() and warm < cold / 2
-    assert rel(X[0], exact_inverse(M1, 1e-3)) < RTOL_NS
-    X = kernels.damped_inverse(M1, 1e-3, backend='triton', x0=torch.zeros_like(X0))  # useless guess: restart
-    assert rel(X, exact_inverse(M1, 1e-3)) < RTOL_NS
-
-
-@needs_triton
 def test_damped_inverse_bf16_input_gives_bf16_output():
     M = spd(17, 1e2).bfloat16()
     X = kernels.damped_inverse(M, 1e-2, backend='triton')
@@ -144,6 +129,12 @@ def eigen_problem(m, n, batch=(), batched_q=False, cond=10.0, seed=0):
     return [t.to(DEVICE) for t in (V, Q_G, s_G, Q_A, s_A)]
 
 
+def fixed_fisher_args(V, Q_G, s_G, Q_A, s_A, damping, dtype=torch.float32):
+    # (V, Q_G, Q_A, D) with Fixed Fisher's denominator D = s_G s_Aᵀ + λ, each rounded to dtype
+    D = s_G[..., :, None] * s_A[..., None, :] + damping
+    return [t.to(dtype) for t in (V, Q_G, Q_A, D)]
+
+
 def kronecker_solve(V, Q_G, s_G, Q_A, s_A, damping):
     # dense float64: A ⊗ G + λI applied to column-major vec(V), solved directly
     G, A = (Q_G * s_G) @ Q_G.T, (Q_A * s_A) @ Q_A.T
@@ -158,8 +149,8 @@ def kronecker_solve(V, Q_G, s_G, Q_A, s_A, damping):
 def test_eigenbasis_matches_reference_and_dense_float64(m, n, batch, batched_q):
     args = eigen_problem(m, n, batch, batched_q)
     V, Q_G, s_G, Q_A, s_A = args
-    U = kernels.eigenbasis_precondition(*[t.float() for t in args], 1e-2, backend='triton')
-    U_ref = kernels.eigenbasis_precondition(*[t.float() for t in args], 1e-2, backend='torch')
+    U = kernels.eigenbasis_precondition(*fixed_fisher_args(*args, 1e-2), backend='triton')
+    U_ref = kernels.eigenbasis_precondition(*fixed_fisher_args(*args, 1e-2), backend='torch')
     Vs = V.reshape(-1, m, n)
     qs = lambda t: t.reshape(-1, *t.shape[len(batch):]) if batched_q else t.expand(len(Vs), *t.shape)
     exact = torch.stack([kronecker_solve(*a, 1e-2) for a in zip(Vs, qs(Q_G), qs(s_G), qs(Q_A), qs(s_A))])
@@ -170,61 +161,30 @@ def test_eigenbasis_matches_reference_and_dense_float64(m, n, batch, batched_q):
 
 @needs_triton
 def test_eigenbasis_ill_conditioned_and_multi_tile():
-    V, Q_G, s_G, Q_A, s_A = args = eigen_problem(70, 33, cond=1e6)  # s_G s_Aᵀ + λ spans 1e-12 + 1e-6 .. 1
-    exact = eigenbasis_precondition_ref(*[t.float().double() for t in args], 1e-6)  # same rounded inputs, in fp64
-    U = kernels.eigenbasis_precondition(*[t.float() for t in args], 1e-6, backend='triton')
-    U_ref = kernels.eigenbasis_precondition(*[t.float() for t in args], 1e-6, backend='torch')
+    args = fixed_fisher_args(*eigen_problem(70, 33, cond=1e6), 1e-6)  # D spans 1e-12 + 1e-6 .. 1
+    exact = eigenbasis_precondition_ref(*[t.double() for t in args])  # same rounded inputs, in fp64
+    U = kernels.eigenbasis_precondition(*args, backend='triton')
+    U_ref = kernels.eigenbasis_precondition(*args, backend='torch')
     assert rel(U, exact) < RTOL_FP32 and rel(U_ref, exact) < RTOL_FP32
 
 
 @needs_triton
 def test_eigenbasis_bf16_gradient_gives_bf16_output():
-    V, Q_G, s_G, Q_A, s_A = eigen_problem(17, 33)
-    U = kernels.eigenbasis_precondition(V.bfloat16(), Q_G.float(), s_G.float(), Q_A.float(), s_A.float(), 1e-2,
-                                        backend='triton')
-    exact = eigenbasis_precondition_ref(V.bfloat16().double(), Q_G, s_G, Q_A, s_A, 1e-2)
+    V, Q_G, Q_A, D = fixed_fisher_args(*eigen_problem(17, 33), 1e-2, torch.float64)
+    U = kernels.eigenbasis_precondition(V.bfloat16(), Q_G.float(), Q_A.float(), D.float(), backend='triton')
+    exact = eigenbasis_precondition_ref(V.bfloat16().double(), Q_G, Q_A, D)
     assert U.dtype == torch.bfloat16 and rel(U, exact) < RTOL_BF16
 
 
-# ---------------------------------------------------------------------------------------------- factor_update
-
-def factor_problem(d, N, batch=(), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    F = torch.randn(*batch, d, d, generator=g, dtype=torch.float64)
-    X = torch.randn(*batch, N, d, generator=g, dtype=torch.float64)
-    return (F @ F.mT).to(DEVICE), X.to(DEVICE)
-
-
-@pytest.mark.parametrize('backend', BACKENDS)
-@pytest.mark.parametrize('d,N,batch', [(5, 9, ()), (33, 70, (2,)), (70, 17, ())], ids=['d5-N9', 'd33-N70-b2', 'd70-N17'])
-def test_factor_update_matches_float64_in_place_and_symmetric(d, N, batch, backend):
-    F64, X64 = factor_problem(d, N, batch)
-    F = F64.float()
-    out = kernels.factor_update(F, X64.float(), 0.95, 0.05 / N, backend=backend)
-    assert out is F  # in place
-    assert rel(F, 0.95 * F64 + 0.05 / N * X64.mT @ X64) < RTOL_FP32
-    assert torch.equal(F, F.mT)  # one triangle computed, the other mirrored
-
-
 @needs_triton
-def test_factor_update_reads_only_the_upper_triangle():
-    F64, X64 = factor_problem(33, 17)
-    upper = F64.triu() + F64.triu(1).mT  # the symmetric matrix F's upper triangle stands for
-    F = (F64.triu() + 7.0 * torch.ones_like(F64).tril(-1)).float()  # garbage below the diagonal
-    kernels.factor_update(F, X64.float(), 0.5, 2.0, backend='triton')
-    assert rel(F, 0.5 * upper + 2.0 * X64.T @ X64) < RTOL_FP32
-
-
-@needs_triton
-def test_factor_update_non_contiguous_factor_and_bf16_tokens():
-    F64, X64 = factor_problem(17, 33)
-    F = F64.float().mT  # a transposed view: the update must still land in F
-    kernels.factor_update(F, X64.bfloat16(), 0.9, 0.1, backend='triton')
-    Xb = X64.bfloat16().double()
-    assert rel(F, 0.9 * F64 + 0.1 * Xb.T @ Xb) < RTOL_FP32  # bf16 products are exact in fp32
-    Fb = F64.bfloat16()
-    kernels.factor_update(Fb, X64.bfloat16(), 0.9, 0.1, backend='triton')
-    assert Fb.dtype == torch.bfloat16 and rel(Fb, 0.9 * F64 + 0.1 * Xb.T @ Xb) < RTOL_BF16
+def test_eigenbasis_full_denominator_and_non_orthogonal_bases():
+    # a denominator that is no rank-one + λ (EKFAC's) and bases that are not orthogonal (KFAC-corrected's P)
+    g = torch.Generator().manual_seed(3)
+    V, P_G, P_A = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((33, 17), (33, 33), (17, 17)))
+    D = torch.rand(33, 17, generator=g, dtype=torch.float64) + 0.1
+    exact = P_G @ ((P_G.T @ V @ P_A) / D) @ P_A.T
+    U = kernels.eigenbasis_precondition(*[t.float().to(DEVICE) for t in (V, P_G, P_A, D)], backend='triton')
+    assert rel(U, exact) < 10 * RTOL_FP32  # products of unnormalised random matrices: a few fp32 roundings more
 
 
 # ---------------------------------------------------------------------------------------------- dispatch and errors
@@ -232,10 +192,8 @@ def test_factor_update_non_contiguous_factor_and_bf16_tokens():
 def test_default_backend_on_cpu_is_the_torch_reference():
     M = spd(5, 10).float().cpu()
     assert torch.equal(kernels.damped_inverse(M, 0.1), damped_inverse_ref(M, 0.1))
-    args = [t.float().cpu() for t in eigen_problem(5, 7)]
-    assert torch.equal(kernels.eigenbasis_precondition(*args, 0.1), eigenbasis_precondition_ref(*args, 0.1))
-    F, X = (t.float().cpu() for t in factor_problem(5, 7))
-    assert torch.equal(kernels.factor_update(F.clone(), X, 0.9, 0.1), factor_update_ref(F.clone(), X, 0.9, 0.1))
+    args = [t.cpu() for t in fixed_fisher_args(*eigen_problem(5, 7), 0.1)]
+    assert torch.equal(kernels.eigenbasis_precondition(*args), eigenbasis_precondition_ref(*args))
 
 
 @needs_triton
@@ -268,7 +226,6 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kernels.inverse import _ns_kernel
 from kernels.eigenbasis import _matmul_kernel
-from kernels.factors import _factor_kernel
 
 def compile(fn, sig, consts):
     sig = {**sig, **{k: 'constexpr' for k in consts}}
@@ -278,12 +235,9 @@ i32, f32, p32, p16 = 'i32', 'fp32', '*fp32', '*bf16'
 tile = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8)
 compile(_ns_kernel, dict(a_ptr=p32, b_ptr=p32, d_ptr=p32, c_ptr=p32, lam_ptr=p32, nrm_ptr=p32, n=i32, alpha=f32,
         beta=f32, delta=f32, gamma=f32), dict(NORM=True, PREC='tf32x3', **tile))
-compile(_matmul_kernel, dict(a_ptr=p32, b_ptr=p32, c_ptr=p16, sg_ptr=p32, sa_ptr=p32, lam=f32, M=i32, N=i32, K=i32,
-        **{s: i32 for s in 's_ab s_am s_ak s_bb s_bk s_bn s_cb s_cm s_cn s_sg s_sa'.split()}),
+compile(_matmul_kernel, dict(a_ptr=p32, b_ptr=p32, c_ptr=p16, d_ptr=p32, M=i32, N=i32, K=i32,
+        **{s: i32 for s in 's_ab s_am s_ak s_bb s_bk s_bn s_cb s_cm s_cn s_db s_dk s_dn'.split()}),
         dict(DIVIDE=True, PREC='tf32', **tile))
-compile(_factor_kernel, dict(f_ptr=p32, x_ptr=p16, decay=f32, scale=f32, N=i32, d=i32,
-        **{s: i32 for s in 's_fb s_fm s_fn s_xb s_xk s_xd'.split()}),
-        dict(UPCAST=False, PREC='tf32', BLOCK_D=64, BLOCK_K=32))
 """
 
 
@@ -296,8 +250,7 @@ def test_kernels_compile_for_an_h100_without_a_gpu():
     subprocess.run([sys.executable, '-c', COMPILE_FOR_H100], cwd=root, env=env, check=True, timeout=300)
 
 
-E, V5, Q5, s5 = torch.eye(4), torch.ones(4, 5), torch.eye(4), torch.ones(4)
-Q5A, s5A = torch.eye(5), torch.ones(5)
+E, V5, Q5, Q5A, D5 = torch.eye(4), torch.ones(4, 5), torch.eye(4), torch.eye(5), torch.ones(4, 5)
 BAD_INPUTS = [
     pytest.param(lambda: kernels.damped_inverse(torch.ones(4), 0.1), 'square', id='inverse-1d'),
     pytest.param(lambda: kernels.damped_inverse(torch.ones(3, 4), 0.1), 'square', id='inverse-non-square'),
@@ -307,28 +260,18 @@ BAD_INPUTS = [
     pytest.param(lambda: kernels.damped_inverse(E.expand(2, 4, 4), torch.ones(3)), 'batch shape', id='inverse-damping-shape'),
     pytest.param(lambda: kernels.damped_inverse(E * float('nan'), 0.1), 'NaN', id='inverse-nan'),
     pytest.param(lambda: kernels.damped_inverse(E + torch.eye(4).roll(1, 0), 0.1), 'symmetric', id='inverse-asymmetric'),
-    pytest.param(lambda: kernels.damped_inverse(E, 0.1, x0=torch.eye(3)), 'x0', id='inverse-x0-shape'),
     pytest.param(lambda: kernels.damped_inverse(E, 0.1, tol=0.0), 'tol', id='inverse-tol'),
     pytest.param(lambda: kernels.damped_inverse(E, 0.1, backend='cuda'), 'unknown backend', id='inverse-backend'),
     pytest.param(lambda: kernels.damped_inverse(E.double(), 0.1, backend='triton'), 'float64', id='inverse-fp64-triton',
                  marks=needs_triton),
-    pytest.param(lambda: kernels.eigenbasis_precondition(torch.ones(5), Q5, s5, Q5A, s5A, 0.1), 'V', id='eigen-1d'),
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5A, s5, Q5A, s5A, 0.1), 'Q_G', id='eigen-QG-shape'),
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5, Q5A, s5, 0.1), 's_A', id='eigen-sA-length'),
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5, Q5A, s5A, -0.1), 'damping', id='eigen-negative-damping'),
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5 * 0, Q5A, s5A, 0), 'with damping 0',
-                 id='eigen-zero-damping-zero-eigenvalue'),  # damping 0 only with positive (shifted) eigenvalues
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5, Q5A, s5A, torch.ones(2)), 'damping',
-                 id='eigen-vector-damping'),
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, -s5, Q5A, s5A, 0.1), '≥ 0', id='eigen-negative-s'),
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5 / 0, Q5, s5, Q5A, s5A, 0.1), 'V has NaN/Inf', id='eigen-inf'),
-    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, s5, Q5A, s5A, 0.1, backend='gpu'), 'unknown backend',
+    pytest.param(lambda: kernels.eigenbasis_precondition(torch.ones(5), Q5, Q5A, D5), 'V', id='eigen-1d'),
+    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5A, Q5A, D5), 'Q_G', id='eigen-QG-shape'),
+    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, Q5A, D5.T), 'D must be', id='eigen-D-shape'),
+    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, Q5A, D5 - 1), 'D must be > 0', id='eigen-zero-D'),
+    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, Q5A, -D5), 'D must be > 0', id='eigen-negative-D'),
+    pytest.param(lambda: kernels.eigenbasis_precondition(V5 / 0, Q5, Q5A, D5), 'V has NaN/Inf', id='eigen-inf'),
+    pytest.param(lambda: kernels.eigenbasis_precondition(V5, Q5, Q5A, D5, backend='gpu'), 'unknown backend',
                  id='eigen-backend'),
-    pytest.param(lambda: kernels.factor_update(torch.ones(4, 5), V5, 0.9, 0.1), 'square', id='factor-non-square'),
-    pytest.param(lambda: kernels.factor_update(E.clone(), torch.ones(7, 5), 0.9, 0.1), 'X must be', id='factor-X-width'),
-    pytest.param(lambda: kernels.factor_update(E.clone(), torch.ones(2, 7, 4), 0.9, 0.1), 'X must be', id='factor-X-batch'),
-    pytest.param(lambda: kernels.factor_update(E.clone(), torch.ones(7, 4), float('nan'), 0.1), 'decay', id='factor-nan-decay'),
-    pytest.param(lambda: kernels.factor_update(E.clone(), torch.ones(7, 4) / 0, 0.9, 0.1), 'X has NaN/Inf', id='factor-inf'),
 ]
 
 

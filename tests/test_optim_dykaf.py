@@ -73,7 +73,7 @@ def test_factors_track_the_nearest_kronecker_product_of_the_running_fisher():
 
 def test_optimizer_factors_follow_ksl_step_on_its_gradients():
     gpt = tiny_gpt()
-    opt = build_optimizer('dykaf', gpt, lr=0.01, factor_decay=0.9)
+    opt = build_optimizer('dykaf', gpt, lr=0.01, factor_decay=0.9, factor_update_freq=1)
     layer, name = gpt.transformer.h[0].mlp.c_fc, 'transformer.h.0.mlp.c_fc'
     L = R = None
     for k in range(3):
@@ -99,8 +99,8 @@ def test_first_step_initialises_and_second_is_adam_in_the_eigenbasis():
     W1 = torch.cat([layer.weight, layer.bias[:, None]], 1).detach().clone()
     assert torch.equal(W0, W1)  # no update on the first step
     st = opt.layer_state[name]
-    Q_L, Q_R = st['Q_G'].clone(), st['Q_A'].clone()
-    torch.testing.assert_close(Q_L @ torch.diag(st['s_G']) @ Q_L.T, st['G'])  # eigh of the first factors
+    Q_L, Q_R = st['Q_L'].clone(), st['Q_R'].clone()
+    torch.testing.assert_close(Q_L @ torch.diag(st['s_L']) @ Q_L.T, st['L'])  # eigh of the first factors
     logits, loss = gpt(*batch(1))
     opt.backward(loss, logits)
     V = torch.cat([layer.weight.grad, layer.bias.grad[:, None]], 1).clone()
@@ -136,6 +136,8 @@ def test_resume_from_state_dict_is_exact():
 def test_bad_second_moment_is_a_clear_error():
     with pytest.raises(ValueError, match='second_moment'):
         build_optimizer('dykaf', tiny_gpt(), second_moment='diagonal')
+    with pytest.raises(TypeError, match='momentum'):  # a shared knob DyKAF lists as unused is refused, not ignored
+        build_optimizer('dykaf', tiny_gpt(), momentum=0.9)
 
 
 @pytest.mark.parametrize('second_moment', ['full', 'factored'])

@@ -175,4 +175,4 @@ def test_short_run_trains(name):
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3
-    assert not opt.logits.s  # emptied when the step ends
+    assert not opt.capture.logits.s  # emptied when the step ends
