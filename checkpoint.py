@@ -45,7 +45,7 @@ def load_checkpoint(path, map_location='cpu'):
 
 def git_state(folder=os.path.dirname(os.path.abspath(__file__))):
     """Where a run's numbers came from: {'git_commit': HEAD's hash, 'git_clean': no tracked file modified}, or Nones
-    outside a git checkout (train.py writes it into config.json, bench.py into results.json)."""
+    outside a git checkout (train.py writes it into config.json, study.py into results.json)."""
     try:
         run = lambda *args: subprocess.run(['git', *args], cwd=folder, capture_output=True, text=True, timeout=10)
         head, status = run('rev-parse', 'HEAD'), run('status', '--porcelain', '--untracked-files=no')

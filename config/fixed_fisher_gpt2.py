@@ -1,6 +1,6 @@
 # GPT-2 (124M) on OpenWebText as config/train_gpt2.py, trained with Fixed Fisher instead of AdamW. The Kronecker
-# hyperparameters are the ones tuned on the small model (config/fixed_fisher_small.py, bench.py --tune); they are
-# not retuned at this scale, so check the learning rate and damping with a short bench.py --tune run first.
+# hyperparameters are the ones tuned on the small model (config/fixed_fisher_small.py, study.py --tune); they are
+# not retuned at this scale, so check the learning rate and damping with a short study.py --tune run first.
 # $ torchrun --standalone --nproc_per_node=8 train.py config/fixed_fisher_gpt2.py
 
 out_dir = 'out-fixed-fisher-gpt2'

@@ -19,7 +19,7 @@ dropout = 0.0
 
 optimizer = 'muon'
 momentum = 0.95  # Muon's Nesterov momentum (train.py's default 0.9 is the Kronecker methods')
-learning_rate = 3e-3  # match_rms_adamw: AdamW's scale; tune with python bench.py config/bench/compare_small.py
+learning_rate = 3e-3  # match_rms_adamw: AdamW's scale; tune with python study.py config/studies/compare_small.py
 max_iters = 2000
 lr_decay_iters = 2000
 min_lr = 3e-4

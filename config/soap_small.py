@@ -19,7 +19,7 @@ dropout = 0.0
 
 optimizer = 'soap'
 inv_update_freq = 10  # SOAP's precondition_frequency
-learning_rate = 3e-3  # the package's default; tune with python bench.py config/bench/compare_small.py
+learning_rate = 3e-3  # the package's default; tune with python study.py config/studies/compare_small.py
 max_iters = 2000
 lr_decay_iters = 2000
 min_lr = 3e-4

@@ -2,7 +2,7 @@
 # step, and the number of steps to a val loss of 3.28 on 10,485,760 val tokens. For reference: tuned AdamW takes
 # ~5,600 steps, Muon 3,250, the best entry 2,690. Prepare the data (python data/fineweb10B/prepare.py), then:
 # $ torchrun --standalone --nproc_per_node=8 train.py config/speedrun_adamw.py
-# or, to get the steps to 3.28 in a table: python bench.py config/speedrun_adamw.py --optimizers=adamw \
+# or, to get the steps to 3.28 in a table: python study.py config/speedrun_adamw.py --optimizers=adamw \
 #   --target_loss=3.28 --nproc=8 --out_dir=out-speedrun
 # config/speedrun_muon.py and config/speedrun_fixed_fisher.py change only the optimizer and its schedule.
 
@@ -26,7 +26,7 @@ dropout = 0.0
 bias = False
 
 optimizer = 'adamw'
-learning_rate = 1.8e-3  # modded-nanogpt's AdamW baseline (3x nanoGPT's 6e-4); retune with bench.py --tune lr=...
+learning_rate = 1.8e-3  # modded-nanogpt's AdamW baseline (3x nanoGPT's 6e-4); retune with study.py --tune lr=...
 beta1 = 0.9
 beta2 = 0.95
 weight_decay = 0.1

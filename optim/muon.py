@@ -7,7 +7,7 @@ AdamW on the rest, split as modded-nanogpt splits it. The Muon part is torch.opt
 
 lr_adj is torch's adjust_lr_fn='match_rms_adamw' (Liu et al., 2025, "Muon is Scalable for LLM Training"): it scales
 O to the RMS of a typical AdamW update, so that Muon reuses AdamW's learning rate and weight decay: one
-`learning_rate` drives both parts, and `bench.py --tune lr=...` tunes them together. modded-nanogpt's scaling is
+`learning_rate` drives both parts, and `study.py --tune lr=...` tunes them together. modded-nanogpt's scaling is
 adjust_lr_fn='original' (sqrt(max(1, d_out/d_in)) lr) with a Muon lr 0.02 beside the head's 0.0036:
 MuonAdamW(model, lr=0.0036, adjust_lr_fn='original', muon_lr_scale=5.6) is that.
 """

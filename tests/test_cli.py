@@ -8,15 +8,15 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# train.py, sample.py and fisher_quality.py (the configurator's) are tested below, with their keys
-SCRIPTS = ['bench.py', 'plot.py', 'bench_attention.py', 'bench_ddp.py', 'kernels/bench.py',
+# train.py, sample.py and benchmarks/fisher_quality.py (the configurator's) are tested below, with their keys
+SCRIPTS = ['study.py', 'plot.py', 'benchmarks/attention.py', 'benchmarks/ddp.py', 'benchmarks/kernels.py',
            'data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py', 'data/openwebtext/prepare.py',
            'data/fineweb10B/prepare.py']
 
 
 def help_of(script, flag='--help'):
-    # kernels/bench.py imports the kernels package: it runs as a module, as its docstring says
-    command = ['-m', 'kernels.bench'] if script == 'kernels/bench.py' else [os.path.join(REPO, script)]
+    # benchmarks/ import the repository's modules: they run as modules from its root, as their docstrings say
+    command = ['-m', script[:-3].replace('/', '.')] if script.startswith('benchmarks/') else [os.path.join(REPO, script)]
     result = subprocess.run([sys.executable, *command, flag], capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=120)
     assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr[-3000:]
@@ -45,7 +45,7 @@ def test_sample_and_fisher_quality_help_list_their_keys():
     out = help_of('sample.py')
     assert any(line.strip().startswith('allow_pickle_meta = False  # ') for line in out.splitlines())
     assert out.startswith('Samples from a model')
-    out = help_of('fisher_quality.py', '-h')
+    out = help_of('benchmarks/fisher_quality.py', '-h')
     assert out.startswith('How close is each optimizer')
     assert any(line.strip().startswith('ng_iters = 30') and '# ' in line for line in out.splitlines())
 

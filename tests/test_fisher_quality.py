@@ -1,5 +1,5 @@
 """
-fisher_quality.py on a tiny GPT in float64: the JVP-based Fisher against the explicit GGN J^T H J / M, conjugate
+benchmarks/fisher_quality.py on a tiny GPT in float64: the JVP-based Fisher against the explicit GGN J^T H J / M, conjugate
 gradients against a dense solve, the natural gradient's gamma the smallest of every direction tried (each
 optimizer's, SGD's, random ones) and equal to 1/sqrt(g^T F^+ g), and a run of the script's evaluation on a tiny
 checkpoint.
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, jacrev
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import fisher_quality as fq
+from benchmarks import fisher_quality as fq
 from checkpoint import save_checkpoint
 from model import GPT, GPTConfig
 from optim.kronecker import split_layers

@@ -1,8 +1,8 @@
 """
 Triton kernels vs their torch references, per kernel and factor size; prints a markdown table.
 
-    python -m kernels.bench                          # GPU: sizes 768,1024,2048,3072
-    python -m kernels.bench --sizes 64,4096 --dtype bf16 --batch 4
+    python -m benchmarks.kernels                          # GPU: sizes 768,1024,2048,3072
+    python -m benchmarks.kernels --sizes 64,4096 --dtype bf16 --batch 4
 
 torch references: Cholesky (cholesky_ex + cholesky_inverse) and eigh for damped_inverse, unfused fp32 matmuls for
 eigenbasis_precondition. Both columns go through the public functions, input
@@ -130,7 +130,7 @@ def main():
             interpreter_check()
         else:  # the kernels were built for a GPU at import: rerun with the interpreter on
             env = {**os.environ, 'TRITON_INTERPRET': '1'}
-            subprocess.run([sys.executable, '-m', 'kernels.bench', '--interpreter-check'], env=env, check=True)
+            subprocess.run([sys.executable, '-m', 'benchmarks.kernels', '--interpreter-check'], env=env, check=True)
 
 
 if __name__ == '__main__':

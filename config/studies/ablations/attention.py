@@ -1,6 +1,6 @@
 # Softmax attention against delta-rule fast weights (linear_attention.py: DPFP features, learned beta) under
 # AdamW, KFAC and Fixed Fisher, each with its small config. 1000 iterations.
-#   python bench.py config/ablations/attention.py
+#   python study.py config/studies/ablations/attention.py
 runs = [f'config/{name}_small.py:attention={attention}' for name in ('adamw', 'kfac', 'fixed_fisher')
         for attention in ('softmax', 'delta')]
 train_args = ['--max_iters=1000', '--lr_decay_iters=1000', '--min_lr=0.0', '--eval_interval=100',

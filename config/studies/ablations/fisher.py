@@ -1,6 +1,6 @@
 # Empirical Fisher (the training labels' gradients, free) against the true Fisher (labels sampled from the model's
 # softmax on factor-update steps: one more backward) for KFAC and Fixed Fisher. 1000 iterations.
-#   python bench.py config/ablations/fisher.py
+#   python study.py config/studies/ablations/fisher.py
 runs = [f'config/{name}_small.py:fisher={fisher}' for name in ('kfac', 'fixed_fisher')
         for fisher in ('empirical', 'sampled')]
 train_args = ['--max_iters=1000', '--lr_decay_iters=1000', '--min_lr=0.0', '--eval_interval=100',

@@ -3,13 +3,13 @@ Optimizer-vs-optimizer runs on one config: each run is `python train.py CONFIG .
 what a user would type, with the same seed, data order (data_seed) and token budget (max_iters), then a table of
 results in results.md and results.json, and plots (plot.py) of the runs.
 
-$ python bench.py config/bench/compare_small.py            # a study file: the README's results
-$ python bench.py config/ablations/damping.py --max_iters=100   # an ablation, shortened from the command line
-$ python bench.py config/adamw_small.py --optimizers=adamw,muon,fixed_fisher --max_iters=500 --out_dir=out-bench
-$ python bench.py config/adamw_small.py --runs="kfac:damping=1e-2;kfac:damping=1e-3" --tune lr=3e-4,1e-3,3e-3
-$ python bench.py config/adamw_small.py --optimizers=adamw,muon --seeds=1337,1,2 --reference=adamw --ladder=adamw
+$ python study.py config/studies/compare_small.py            # a study file: the README's results
+$ python study.py config/studies/ablations/damping.py --max_iters=100   # an ablation, shortened from the command line
+$ python study.py config/adamw_small.py --optimizers=adamw,muon,fixed_fisher --max_iters=500 --out_dir=out-study
+$ python study.py config/adamw_small.py --runs="kfac:damping=1e-2;kfac:damping=1e-3" --tune lr=3e-4,1e-3,3e-3
+$ python study.py config/adamw_small.py --optimizers=adamw,muon --seeds=1337,1,2 --reference=adamw --ladder=adamw
 
-bench.py's own arguments; everything else (config files, --key=value) goes to every run's train.py as written:
+study.py's own arguments; everything else (config files, --key=value) goes to every run's train.py as written:
   --optimizers=a,b,...   one run per optimizer: --optimizer=a
   --runs="a;b:k=v,k2=v2" runs with overrides of their own, ';' between runs: an optimizer or a config file, then ':'
                          and comma-separated --key=value overrides for that run only. A config file's run is
@@ -39,21 +39,21 @@ bench.py's own arguments; everything else (config files, --key=value) goes to ev
   --target_loss=1.9      steps and training seconds to the first evaluation at or below this val loss; a run's
                          name instead (--target_loss=adamw_small) means that run's final val loss (its best point's,
                          the mean over the seeds)
-  --out_dir=out-bench    the root: OUT/<run>/ (train.py's out_dir: checkpoints and train.log, its output), and
+  --out_dir=out-study    the root: OUT/<run>/ (train.py's out_dir: checkpoints and train.log, its output), and
                          without a results_dir the results and plots
-  --results_dir=DIR      results.md, results.json and the plots go to DIR, and each run's records (bench.json,
+  --results_dir=DIR      results.md, results.json and the plots go to DIR, and each run's records (run.json,
                          metrics.jsonl, config.json and the last 50 lines of train.log; no checkpoint) to
-                         DIR/runs/<run>/ when it ends, where a later bench.py (another machine, an empty OUT) reads a
+                         DIR/runs/<run>/ when it ends, where a later study.py (another machine, an empty OUT) reads a
                          finished run instead of rerunning it. A study file's default: results/<study>
-                         (results/ablations/<study> for config/ablations/), relative to the current folder;
+                         (results/ablations/<study> for config/studies/ablations/), relative to the current folder;
                          --results_dir= (empty) turns it off
   --nproc=1              ranks per run: above 1, each run goes under torchrun --standalone --nproc_per_node=N
   --jobs=1               runs at a time (each its own process: with OMP_NUM_THREADS=1, one per core)
-  --rerun=False          a run that already ran to its end with the same arguments (OUT/<run>/bench.json, or
-                         DIR/runs/<run>/bench.json) is read, not run again: extend a grid or add runs and only they
+  --rerun=False          a run that already ran to its end with the same arguments (OUT/<run>/run.json, or
+                         DIR/runs/<run>/run.json) is read, not run again: extend a grid or add runs and only they
                          run; True reruns all
 
-A study file (config/bench/*.py, config/ablations/*.py) is a Python file that sets `runs`: a list of run
+A study file (config/studies/*.py, config/studies/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
 target_loss, out_dir, jobs, nproc, seeds, reference, max_grid_extensions, ladder, ladder_budgets, tune_iters and
 results_dir (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
@@ -358,7 +358,7 @@ def run_config(run_dir):
 def run_one(args, run_dir, nproc):
     """train.py with args and --out_dir=run_dir; its output goes to run_dir/train.log. Returns the exit code."""
     os.makedirs(run_dir, exist_ok=True)
-    # --overwrite=True: bench decided to (re)run this trial, so what an earlier, unfinished one left in run_dir goes
+    # --overwrite=True: study.py decided to (re)run this trial, so what an earlier, unfinished one left in run_dir goes
     command = [sys.executable, os.path.join(here, 'train.py'), *args, f'--out_dir={run_dir}', '--overwrite=True']
     if nproc > 1:
         command[1:1] = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}']
@@ -369,9 +369,9 @@ def run_one(args, run_dir, nproc):
 
 def finished(run_dir, args, nproc):
     """The exit code of an earlier run in run_dir with the same train.py arguments that ran to its end (exit code 0,
-    or a divergence), from the bench.json bench writes after each run; else None (run it)."""
+    or a divergence), from the run.json study.py writes after each run; else None (run it)."""
     try:
-        with open(os.path.join(run_dir, 'bench.json')) as f:
+        with open(os.path.join(run_dir, 'run.json')) as f:
             done = json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
@@ -382,7 +382,7 @@ def finished(run_dir, args, nproc):
 
 def keep_records(run_dir, kept):
     """Copies what a run's row is read from into folder kept: metrics.jsonl, config.json, the last LOG_TAIL lines
-    of train.log, and bench.json last (so that a copy cut short is not taken for a finished run)."""
+    of train.log, and run.json last (so that a copy cut short is not taken for a finished run)."""
     os.makedirs(kept, exist_ok=True)
     for name in ('metrics.jsonl', 'config.json'):
         if os.path.exists(os.path.join(run_dir, name)):
@@ -392,7 +392,7 @@ def keep_records(run_dir, kept):
             tail = f.read().splitlines()[-LOG_TAIL:]
         with open(os.path.join(kept, 'train.log'), 'w') as f:
             f.write(''.join(line + '\n' for line in tail))
-    shutil.copyfile(os.path.join(run_dir, 'bench.json'), os.path.join(kept, 'bench.json'))
+    shutil.copyfile(os.path.join(run_dir, 'run.json'), os.path.join(kept, 'run.json'))
 
 
 def cell(row, key, fmt):
@@ -446,10 +446,10 @@ def write_results(folder, table, results):
         f.write(table)
     from checkpoint import git_state  # (imports torch: only once there are results)
     with open(os.path.join(folder, 'results.json'), 'w') as f:
-        json.dump({**results, **git_state()}, f, indent=1)  # and the commit bench.py ran from (each run's: its row)
+        json.dump({**results, **git_state()}, f, indent=1)  # and the commit study.py ran from (each run's: its row)
 
 
-def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False, seeds=None,
+def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False, seeds=None,
           reference=None, max_grid_extensions=2, ladder=None, ladder_budgets=(1, 2, 4), tune_iters=None,
           results_dir=None):
     """Runs every spec over the grid at the first seed (the grid extended beyond an edge its best lies on), then
@@ -457,7 +457,7 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
     its own trials end. A trial that already ran to its end in its folder (OUT/<run>, or results_dir/runs/<run>)
     with the same arguments is read, not rerun, unless rerun. Returns (rows: each spec at its best point, trials:
     all of them, the markdown table). results.md and results.json (in results_dir, else out_dir) are rewritten
-    after each run (an interrupted bench keeps what it has), the plots of the rows' runs are drawn at the end."""
+    after each run (an interrupted study keeps what it has), the plots of the rows' runs are drawn at the end."""
     seeds = list(seeds) if seeds else [None]  # None: the config's seed, no --seed argument
     budgets = sorted({1.0, *map(float, ladder_budgets)}) if ladder else [1.0]
     folder = results_dir or out_dir
@@ -606,7 +606,7 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
                    wall_s=None if reused else time.time() - t0, reused=reused,
                    **summarize(source, returncode, None if isinstance(target_loss, str) else target_loss))
         if not reused:
-            with open(os.path.join(run_dir, 'bench.json'), 'w') as f:
+            with open(os.path.join(run_dir, 'run.json'), 'w') as f:
                 json.dump(dict(args=t['args'], nproc=nproc, returncode=returncode, status=row['status']), f)
         if kept and source == run_dir:
             keep_records(run_dir, kept)
@@ -648,7 +648,7 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
                                          tune_iters=tune_iters, max_grid_extensions=max_grid_extensions,
                                          ladder=ladder_info, rows=rows, trials=trials)
 
-    bar = tqdm(total=0, desc='bench', unit='run')  # the total grows as the plan does
+    bar = tqdm(total=0, desc='study', unit='run')  # the total grows as the plan does
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
         running = {}  # future -> its run's place in runs
 
@@ -698,8 +698,8 @@ def bench(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True
 
 
 def study_results_dir(path):
-    """results/<name> for a study file config/bench/<name>.py, results/ablations/<name> for
-    config/ablations/<name>.py (where the README's results are), relative to the current folder."""
+    """results/<name> for a study file config/studies/<name>.py, results/ablations/<name> for
+    config/studies/ablations/<name>.py (where the README's results are), relative to the current folder."""
     name = os.path.splitext(os.path.basename(path))[0]
     ablation = os.path.basename(os.path.dirname(os.path.abspath(path))) == 'ablations'
     return os.path.join('results', *(['ablations'] if ablation else []), name)
@@ -709,7 +709,7 @@ def main(argv):
     if '-h' in argv or '--help' in argv:
         print(__doc__.strip())
         return
-    opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-bench', nproc=1, jobs=1, rerun='False',
+    opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-study', nproc=1, jobs=1, rerun='False',
                 seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets='1,2,4',
                 tune_iters=None, results_dir=None)
     tunes, train_args = [], []
@@ -751,7 +751,7 @@ def main(argv):
     except ValueError:
         pass  # a run's name: its final val loss, known at the end
     os.makedirs(opts['out_dir'], exist_ok=True)
-    _, _, table = bench(train_args, specs, parse_tune(tunes), opts['out_dir'], target_loss, int(opts['nproc']),
+    _, _, table = run_study(train_args, specs, parse_tune(tunes), opts['out_dir'], target_loss, int(opts['nproc']),
                         jobs=int(opts['jobs']), rerun=str(opts['rerun']) == 'True',
                         seeds=numbers(opts['seeds'], int), reference=opts['reference'],
                         max_grid_extensions=int(opts['max_grid_extensions']), ladder=opts['ladder'],

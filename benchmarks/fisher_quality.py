@@ -10,8 +10,8 @@ with J_m the Jacobian of token m's logits: Δᵀ F Δ takes one Jacobian-vector 
 not depend on Δ's scale, and no direction beats the natural gradient F⁻¹∇L, where γ² = 1/(∇Lᵀ F⁻¹ ∇L)
 (Cauchy-Schwarz). The table and the plot give γ(Δ)/γ(∇L): below 1 beats SGD.
 
-$ python fisher_quality.py --ckpts=out-a,out-b,out-c
-$ python fisher_quality.py --ckpts=out-a --methods=sgd,kfac,fixed_fisher,ng --dampings=1e-3,1e-2 --out=fq.png
+$ python -m benchmarks.fisher_quality --ckpts=out-a,out-b,out-c
+$ python -m benchmarks.fisher_quality --ckpts=out-a --methods=sgd,kfac,fixed_fisher,ng --dampings=1e-3,1e-2 --out=fq.png
 
 Δ of a Kronecker method (kfac, eva, fixed_fisher, ekfac, ief, iekfac, kpsvd, kfac_corrected; ief_tokens is iEF
 with samples='tokens'): its optimizer with the step contract of DESIGN.md (momentum 0, no weight decay or KL clip,
@@ -51,7 +51,7 @@ from model import GPT, GPTConfig
 from optim import OPTIMIZERS, build_optimizer
 from optim.capture import split_layers
 
-here = os.path.dirname(os.path.abspath(__file__))
+here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 # -----------------------------------------------------------------------------
 ckpts = ''  # comma-separated: training runs' out_dirs (their ckpt.pt) or checkpoint files
 methods = 'sgd,adamw,kfac,eva,fixed_fisher,ekfac,ief,ief_tokens,iekfac,kpsvd,kfac_corrected,dykaf,ng'

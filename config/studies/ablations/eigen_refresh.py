@@ -1,7 +1,7 @@
 # Fixed Fisher's eigenbases between full eigendecompositions (every 50 or 100 iterations): kept as they are
 # ('none') or refreshed on every factor update (every 10) by one power iteration + QR from the previous basis ('qr',
 # SOAP's refresh). 1000 iterations, as the other ablations.
-#   python bench.py config/ablations/eigen_refresh.py
+#   python study.py config/studies/ablations/eigen_refresh.py
 runs = [f'config/fixed_fisher_small.py:inv_update_freq={inv},eigen_refresh={how}' for inv in (50, 100)
         for how in ('none', 'qr')]
 train_args = ['--max_iters=1000', '--lr_decay_iters=1000', '--min_lr=0.0', '--eval_interval=100',

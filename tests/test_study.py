@@ -1,4 +1,4 @@
-"""bench.py and plot.py end to end on CPU (tiny synthetic data, a few iterations), and the study's configs."""
+"""study.py and plot.py end to end on CPU (tiny synthetic data, a few iterations), and the study's configs."""
 import glob
 import json
 import math
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-import bench
+import study
 from test_train import REPO, TINY, tiny_data  # noqa: F401 (tiny_data is a fixture)
 
 PLOTS = ['val_loss_vs_steps.png', 'val_loss_vs_seconds.png', 'ms_per_iter_breakdown.png']
@@ -21,13 +21,13 @@ FIELDS = {'name', 'optimizer', 'tuned', 'status', 'final_val_loss', 'best_val_lo
           'ms_precond', 'ms_step', 'peak_mem_mb', 'out_dir', 'error'}
 
 
-def run_bench(tiny_data, out_dir, *args, results_dir=None):
-    """bench.py on the tiny data; its results.json (from results_dir, if given, else out_dir)."""
-    command = [sys.executable, os.path.join(REPO, 'bench.py'), *TINY, '--dataset=tiny', f'--data_dir={tiny_data}',
+def run_study(tiny_data, out_dir, *args, results_dir=None):
+    """study.py on the tiny data; its results.json (from results_dir, if given, else out_dir)."""
+    command = [sys.executable, os.path.join(REPO, 'study.py'), *TINY, '--dataset=tiny', f'--data_dir={tiny_data}',
                f'--out_dir={out_dir}', *args, *([f'--results_dir={results_dir}'] if results_dir else [])]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    assert result.returncode == 0, f"bench.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"study.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     with open(os.path.join(results_dir or out_dir, 'results.json')) as f:
         return result, json.load(f)
 
@@ -39,10 +39,10 @@ def assert_valid_pngs(folder):
             image.verify()
 
 
-def test_bench_compares_optimizers_and_reports_divergence(tiny_data, tmp_path):
+def test_study_compares_optimizers_and_reports_divergence(tiny_data, tmp_path):
     """adamw and muon on the same data and budget, plus a run whose loss turns NaN: that one is 'diverged' in the
     table, and the others still run and report."""
-    result, results = run_bench(tiny_data, tmp_path, '--max_iters=6', '--eval_interval=3', '--target_loss=2.6',
+    result, results = run_study(tiny_data, tmp_path, '--max_iters=6', '--eval_interval=3', '--target_loss=2.6',
                                 '--optimizers=adamw,muon', '--runs=adamw:learning_rate=1e30')
     rows = {r['name']: r for r in results['rows']}
     assert list(rows) == ['adamw', 'muon', 'adamw learning_rate=1e30']
@@ -71,7 +71,7 @@ def test_bench_compares_optimizers_and_reports_divergence(tiny_data, tmp_path):
 
 
 def write_run(run_dir, records, log, tail='', **config):
-    """A train.py out_dir as bench reads it: config.json (batch 2 x 8 tokens, and config), metrics.jsonl (records,
+    """A train.py out_dir as study.py reads it: config.json (batch 2 x 8 tokens, and config), metrics.jsonl (records,
     then tail, e.g. a torn line) and train.log."""
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, 'config.json'), 'w') as f:
@@ -89,7 +89,7 @@ def arg(args, key, default=None):
 
 
 def fake_train(final_loss, seconds_per_iter=lambda args: 0.01):
-    """A stand-in for train.py in bench.run_one: max_iters (default 4) train records, evaluations at 0 and at the
+    """A stand-in for train.py in study.run_one: max_iters (default 4) train records, evaluations at 0 and at the
     end, the final val loss final_loss(args); None diverges as train.py did (a NaN train record, an error, exit
     code 1). It leaves a checkpoint, as train.py does, and 60 lines of log."""
     def run_one(args, run_dir, nproc):
@@ -126,9 +126,9 @@ def test_tune_keeps_each_optimizers_best_and_plot_cli(tmp_path, monkeypatch):
     the best; a knob the optimizer does not take is not tuned; a best on a numeric axis' edge (kfac's damping, where
     every value ties: the first stays the best) gets one point beyond it. plot.py plots every trial, the diverged
     one too, and a comma-joined group of folders as one run."""
-    monkeypatch.setattr(bench, 'run_one', fake_run)
+    monkeypatch.setattr(study, 'run_one', fake_run)
     monkeypatch.chdir(tmp_path)
-    bench.main(['config/adamw_small.py', '--optimizers=adamw,kfac', '--out_dir=out', '--target_loss=1.5',
+    study.main(['config/adamw_small.py', '--optimizers=adamw,kfac', '--out_dir=out', '--target_loss=1.5',
                 '--tune', 'lr=1e30,1e-3,1e-2', '--tune=damping=1e-3,1e-2'])  # adamw takes no damping
     with open(tmp_path / 'out' / 'results.json') as f:
         results = json.load(f)
@@ -170,14 +170,14 @@ def test_study_file_with_config_runs_and_parallel_jobs(tmp_path, monkeypatch):
         calls.append(args)
         return fake_run(args, run_dir, nproc)
 
-    monkeypatch.setattr(bench, 'run_one', recording_run)
+    monkeypatch.setattr(study, 'run_one', recording_run)
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'my_adamw.py').write_text("optimizer = 'adamw'\nlearning_rate = 3e-3\n")
     (tmp_path / 'study.py').write_text(
         "runs = ['my_adamw.py', 'kfac:damping=1e-2']\ntrain_args = ['--max_iters=4', '--eval_interval=2']\n"
         "tune = ['lr=1e-3,1e-2']\njobs = 2\nout_dir = 'out-study'\ntarget_loss = 'my_adamw'\n"
         "max_grid_extensions = 0\n")
-    bench.main(['study.py', '--runs=eva', '--eval_interval=4', '--tune=damping=1e-1,1'])
+    study.main(['study.py', '--runs=eva', '--eval_interval=4', '--tune=damping=1e-1,1'])
     assert not os.path.exists(tmp_path / 'out-study' / 'results.json')
     assert os.path.exists(tmp_path / 'out-study' / 'my_adamw_learning_rate=1e-3' / 'ckpt.pt')
     with open(tmp_path / 'results' / 'study' / 'results.json') as f:
@@ -200,7 +200,7 @@ def test_study_file_with_config_runs_and_parallel_jobs(tmp_path, monkeypatch):
     assert kfac.index('--damping=1e-2') < kfac.index('--learning_rate=1e-3')  # overrides, then the grid point
     assert len(calls) == 10
     # the same study with one run more: only its two trials run, the others are read from their folders
-    bench.main(['study.py', '--runs=eva', '--eval_interval=4', '--tune=damping=1e-1,1', '--runs=soap'])
+    study.main(['study.py', '--runs=eva', '--eval_interval=4', '--tune=damping=1e-1,1', '--runs=soap'])
     assert len(calls) == 12 and all('--optimizer=soap' in a for a in calls[10:])
     with open(tmp_path / 'results' / 'study' / 'results.json') as f:
         again = json.load(f)
@@ -229,7 +229,7 @@ def test_seeds_reference_and_ladder_end_to_end(tiny_data, tmp_path):
     speedup against its own ladder is 1. Results, plots (a line and band per row) and the kept records go to
     results_dir, the checkpoints stay in out_dir."""
     results_dir = tmp_path / 'results'
-    result, results = run_bench(tiny_data, tmp_path / 'out', '--max_iters=6', '--eval_interval=3',
+    result, results = run_study(tiny_data, tmp_path / 'out', '--max_iters=6', '--eval_interval=3',
                                 '--optimizers=adamw,muon', '--seeds=1,2', '--reference=adamw', '--ladder=adamw',
                                 '--ladder_budgets=1,2', results_dir=results_dir)
     trials = {t['trial']: t for t in results['trials']}
@@ -268,7 +268,7 @@ def test_seeds_reference_and_ladder_end_to_end(tiny_data, tmp_path):
     assert not os.path.exists(tmp_path / 'out' / 'results.json')
     for t in trials.values():  # each run's records kept, no checkpoint; the checkpoint where it ran
         kept = results_dir / 'runs' / t['trial'].replace(' ', '_')
-        assert sorted(os.listdir(kept)) == ['bench.json', 'config.json', 'metrics.jsonl', 'train.log']
+        assert sorted(os.listdir(kept)) == ['config.json', 'metrics.jsonl', 'run.json', 'train.log']
         assert os.path.exists(os.path.join(t['out_dir'], 'ckpt.pt'))
 
 
@@ -282,10 +282,10 @@ def test_grid_extends_beyond_its_edges(tmp_path, monkeypatch):
     """Best at the grid's edge: one point one step further out along that axis (the ratio of the two outermost
     values), the other axes at the best's values, until the best is inside, at most max_grid_extensions rounds;
     a best still on the edge after them is flagged."""
-    monkeypatch.setattr(bench, 'run_one', fake_train(lr_damping_loss))
+    monkeypatch.setattr(study, 'run_one', fake_train(lr_damping_loss))
     monkeypatch.chdir(tmp_path)
     grid = ['--tune', 'lr=1e-4,1e-3', '--tune', 'damping=1e-1,1']
-    bench.main(['--optimizers=kfac,adamw', '--out_dir=out', *grid])
+    study.main(['--optimizers=kfac,adamw', '--out_dir=out', *grid])
     with open(tmp_path / 'out' / 'results.json') as f:
         results = json.load(f)
     assert [t['trial'] for t in results['trials']] == [
@@ -298,7 +298,7 @@ def test_grid_extends_beyond_its_edges(tmp_path, monkeypatch):
     assert kfac['grid'] == {'learning_rate': ['1e-4', '1e-3', '1e-2', '1e-1'], 'damping': ['1e-2', '1e-1', '1']}
     assert adamw['tuned'] == {'learning_rate': '1e-2'} and kfac['edge'] == adamw['edge'] == []
 
-    bench.main(['--optimizers=kfac,adamw', '--out_dir=out1', '--max_grid_extensions=1', *grid])
+    study.main(['--optimizers=kfac,adamw', '--out_dir=out1', '--max_grid_extensions=1', *grid])
     with open(tmp_path / 'out1' / 'results.json') as f:
         results = json.load(f)
     assert len(results['trials']) == 6 + 3
@@ -313,17 +313,17 @@ def test_beyond_edges_steps_along_one_axis():
     def points(*values):
         return [[('learning_rate', v), ('fisher', 'empirical')] for v in values]
     grid = points('1e-3', '3e-3', '1e-2')
-    assert bench.beyond_edges(grid, grid[0]) == points('3.33e-4')  # 1e-3 / (3e-3 / 1e-3)
-    assert bench.beyond_edges(grid, grid[2]) == points('3.33e-2')
-    assert bench.beyond_edges(grid, grid[1]) == [] and bench.beyond_edges(grid[:1], grid[0]) == []
+    assert study.beyond_edges(grid, grid[0]) == points('3.33e-4')  # 1e-3 / (3e-3 / 1e-3)
+    assert study.beyond_edges(grid, grid[2]) == points('3.33e-2')
+    assert study.beyond_edges(grid, grid[1]) == [] and study.beyond_edges(grid[:1], grid[0]) == []
     words = [[('fisher', 'empirical')], [('fisher', 'sampled')]]
-    assert bench.beyond_edges(words, words[0]) == []
+    assert study.beyond_edges(words, words[0]) == []
     ints = [[('factor_update_freq', v)] for v in ('5', '10')]
-    assert bench.beyond_edges(ints, ints[0]) == [[('factor_update_freq', '2')]]  # 2.5, an integer axis: 2
-    assert bench.beyond_edges(ints, ints[1]) == [[('factor_update_freq', '20')]]
+    assert study.beyond_edges(ints, ints[0]) == [[('factor_update_freq', '2')]]  # 2.5, an integer axis: 2
+    assert study.beyond_edges(ints, ints[1]) == [[('factor_update_freq', '20')]]
     two = [[('learning_rate', lr), ('damping', d)] for lr in ('1e-3', '1e-2') for d in ('1e-2', '1e-1', '1')]
-    assert bench.beyond_edges(two, two[1]) == [[('learning_rate', '1e-4'), ('damping', '1e-1')]]
-    assert bench.beyond_edges(two, two[5]) == [[('learning_rate', '1e-1'), ('damping', '1')],
+    assert study.beyond_edges(two, two[1]) == [[('learning_rate', '1e-4'), ('damping', '1e-1')]]
+    assert study.beyond_edges(two, two[5]) == [[('learning_rate', '1e-1'), ('damping', '1')],
                                                [('learning_rate', '1e-2'), ('damping', '1e1')]]
 
 
@@ -343,9 +343,9 @@ def test_tune_iters_and_a_diverged_seed(tmp_path, monkeypatch):
         calls.append(args)
         return fake_train(seeded_loss)(args, run_dir, nproc)
 
-    monkeypatch.setattr(bench, 'run_one', recording_run)
+    monkeypatch.setattr(study, 'run_one', recording_run)
     monkeypatch.chdir(tmp_path)
-    bench.main(['--optimizers=adamw,muon', '--out_dir=out', '--max_iters=4', '--tune', 'lr=1e-3,1e-2,1e-1',
+    study.main(['--optimizers=adamw,muon', '--out_dir=out', '--max_iters=4', '--tune', 'lr=1e-3,1e-2,1e-1',
                 '--tune_iters=2', '--seeds=1,2', '--reference=adamw'])
     with open(tmp_path / 'out' / 'results.json') as f:
         results = json.load(f)
@@ -392,13 +392,13 @@ def test_restarted_study_reads_its_kept_runs(tmp_path, monkeypatch):
     (tmp_path / 'study.py').write_text(
         "runs = ['adamw', 'soap']\ntrain_args = ['--max_iters=4']\ntune = ['lr=1e-3,1e-2,1e-1']\n"
         "seeds = [1, 2]\nreference = 'adamw'\nout_dir = 'out'\nresults_dir = 'kept'\n")
-    monkeypatch.setattr(bench, 'run_one', interrupted_run)
+    monkeypatch.setattr(study, 'run_one', interrupted_run)
     with pytest.raises(Interrupted):
-        bench.main(['study.py'])
+        study.main(['study.py'])
     ran = list(calls)
     assert sorted(os.listdir(tmp_path / 'kept' / 'runs')) == sorted(t.replace(' ', '_') for t in ran)
     kept = tmp_path / 'kept' / 'runs' / ran[0].replace(' ', '_')
-    assert sorted(os.listdir(kept)) == ['bench.json', 'config.json', 'metrics.jsonl', 'train.log']
+    assert sorted(os.listdir(kept)) == ['config.json', 'metrics.jsonl', 'run.json', 'train.log']
     log = open(kept / 'train.log').read().splitlines()
     assert len(log) == 50 and log[-1] == 'done'
 
@@ -406,9 +406,9 @@ def test_restarted_study_reads_its_kept_runs(tmp_path, monkeypatch):
         calls.append(arg(args, 'wandb_run_name'))
         return fake_train(seeded_loss)(args, run_dir, nproc)
 
-    monkeypatch.setattr(bench, 'run_one', recording_run)
+    monkeypatch.setattr(study, 'run_one', recording_run)
     shutil.rmtree(tmp_path / 'out')
-    bench.main(['study.py'])
+    study.main(['study.py'])
     with open(tmp_path / 'kept' / 'results.json') as f:
         results = json.load(f)
     assert len(results['trials']) == 8 and len(calls) == 8 and not set(calls[len(ran):]) & set(ran)
@@ -416,7 +416,7 @@ def test_restarted_study_reads_its_kept_runs(tmp_path, monkeypatch):
     assert all(t['out_dir'] == os.path.join('kept', 'runs', t['trial'].replace(' ', '_'))
                for t in results['trials'] if t['reused'])
     shutil.rmtree(tmp_path / 'out')
-    bench.main(['study.py'])
+    study.main(['study.py'])
     assert len(calls) == 8  # nothing ran
     with open(tmp_path / 'kept' / 'results.json') as f:
         again = json.load(f)
@@ -444,9 +444,9 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
         calls.append(args)
         return fake_train(ladder_loss, lambda a: 0.02 if arg(a, 'optimizer') == 'muon' else 0.01)(args, run_dir, nproc)
 
-    monkeypatch.setattr(bench, 'run_one', recording_run)
+    monkeypatch.setattr(study, 'run_one', recording_run)
     monkeypatch.chdir(tmp_path)
-    bench.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', '--seeds=1,2',
+    study.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', '--seeds=1,2',
                 '--reference=adamw', '--ladder=adamw'])
     with open(tmp_path / 'out' / 'results.json') as f:
         results = json.load(f)
@@ -482,8 +482,8 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
     def rising(args):  # adamw's 2x run ends above its 1x: the ladder uses the running minimum, and says so
         return {4: 2.0, 8: 2.1, 16: 1.7}[int(arg(args, 'max_iters'))] if arg(args, 'optimizer') == 'adamw' else 1.9
 
-    monkeypatch.setattr(bench, 'run_one', fake_train(rising))
-    bench.main(['--optimizers=adamw,muon', '--out_dir=out-rising', '--max_iters=4', '--seeds=1',
+    monkeypatch.setattr(study, 'run_one', fake_train(rising))
+    study.main(['--optimizers=adamw,muon', '--out_dir=out-rising', '--max_iters=4', '--seeds=1',
                 '--ladder=adamw'])
     with open(tmp_path / 'out-rising' / 'results.json') as f:
         results = json.load(f)
@@ -496,31 +496,31 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
 
 
 def test_mean_sd_ci_and_speedup_at_the_ladders_points():
-    assert bench.mean_sd_ci([1.0, 2.0, 3.0]) == (2.0, 1.0, pytest.approx([2 - 4.302653 / 3 ** 0.5,
+    assert study.mean_sd_ci([1.0, 2.0, 3.0]) == (2.0, 1.0, pytest.approx([2 - 4.302653 / 3 ** 0.5,
                                                                           2 + 4.302653 / 3 ** 0.5]))
-    assert bench.mean_sd_ci([1.5]) == (1.5, None, None)
-    assert bench.mean_sd_ci([1.5, None]) == (None, None, None)
+    assert study.mean_sd_ci([1.5]) == (1.5, None, None)
+    assert study.mean_sd_ci([1.5, None]) == (None, None, None)
     ladder = [(256, 1.7, 1.6), (64, 2.0, 0.4), (128, 1.8, 0.8)]  # any order
-    assert bench.speedup(ladder, 1.7, 64, 0.4) == (pytest.approx(4), pytest.approx(4), None)  # exactly its 4x
-    assert bench.speedup(ladder, 2.0, 64, 0.8) == (pytest.approx(1), pytest.approx(0.5), None)
-    assert bench.speedup(ladder, 1.69, 32, 0.4) == (8, 4, '>') and bench.speedup(ladder, 2.01, 32, 0.4) == (2, 1, '<')
+    assert study.speedup(ladder, 1.7, 64, 0.4) == (pytest.approx(4), pytest.approx(4), None)  # exactly its 4x
+    assert study.speedup(ladder, 2.0, 64, 0.8) == (pytest.approx(1), pytest.approx(0.5), None)
+    assert study.speedup(ladder, 1.69, 32, 0.4) == (8, 4, '>') and study.speedup(ladder, 2.01, 32, 0.4) == (2, 1, '<')
 
 
 def test_parse_runs_and_tune_grid():
-    assert bench.parse_runs('adamw, muon', 'kfac:damping=1e-2,factor_decay=0.9;soap:lr=1e-3') == [
+    assert study.parse_runs('adamw, muon', 'kfac:damping=1e-2,factor_decay=0.9;soap:lr=1e-3') == [
         ('adamw', []), ('muon', []), ('kfac', [('damping', '1e-2'), ('factor_decay', '0.9')]),
         ('soap', [('learning_rate', '1e-3')])]
-    assert bench.parse_tune([]) == [[]]
-    assert bench.parse_tune(['lr=1e-4,3e-4', 'damping=1e-3']) == [
+    assert study.parse_tune([]) == [[]]
+    assert study.parse_tune(['lr=1e-4,3e-4', 'damping=1e-3']) == [
         [('learning_rate', '1e-4'), ('damping', '1e-3')], [('learning_rate', '3e-4'), ('damping', '1e-3')]]
     with pytest.raises(ValueError, match='not key=value'):
-        bench.parse_runs('', 'kfac:damping')
+        study.parse_runs('', 'kfac:damping')
     with pytest.raises(ValueError, match='KEY=v1,v2'):
-        bench.parse_tune(['lr'])
+        study.parse_tune(['lr'])
 
 
 def test_summary_of_a_run_that_never_started(tmp_path):
-    row = bench.summarize(str(tmp_path), 1, 1.9)
+    row = study.summarize(str(tmp_path), 1, 1.9)
     assert row['status'] == 'failed' and 'metrics.jsonl not found' in row['error']
 
 
@@ -538,18 +538,18 @@ def test_summary_reads_train_pys_divergence(tmp_path):
     write_run(tmp_path / 'both', train_records([2.9, 2.8, 45.0]) + [diverged],
               "iter 3: loss 45.0\ntraining diverged: the loss blew up from 2.9 to 45.0 at iteration 3\n"
               "saving nothing\n")
-    row = bench.summarize(str(tmp_path / 'both'), 1, None)
+    row = study.summarize(str(tmp_path / 'both'), 1, None)
     assert row['status'] == 'diverged' and row['error'].startswith('training diverged: the loss blew up')
     assert row['final_val_loss'] is None and row['best_val_loss'] == 3.0 and row['iters'] == 3
     for returncode in (1, 0):  # the record alone says it, even if the exit status does not
         write_run(tmp_path / f'record{returncode}', train_records([2.9, 2.8]) + [diverged], "done\n")
-        row = bench.summarize(str(tmp_path / f'record{returncode}'), returncode, None)
+        row = study.summarize(str(tmp_path / f'record{returncode}'), returncode, None)
         assert row['status'] == 'diverged' and row['final_val_loss'] is None
         assert row['error'] == 'training diverged: the loss blew up from 2.9 to 45.0 (iteration 3)'
 
 
 def test_torn_last_line_and_unknown_kinds_are_skipped(tmp_path):
-    """A run killed mid-write leaves half a record as the last line; records of kinds bench and plot do not draw
+    """A run killed mid-write leaves half a record as the last line; records of kinds study.py and plot.py do not draw
     ('diverged', or any a later train.py adds) are left out of theirs. A bad line before the last is still an error."""
     import plot
     records = train_records([2.9, 2.7]) + [dict(kind='eval', iter=2, train_loss=2.6, val_loss=2.5, time_s=0.02),
@@ -557,7 +557,7 @@ def test_torn_last_line_and_unknown_kinds_are_skipped(tmp_path):
     write_run(tmp_path / 'torn', records, "done\n", tail='{"iter": 3, "kind": "train", "loss": 2.')
     train, evals = plot.read_metrics(tmp_path / 'torn')
     assert [r['iter'] for r in train] == [1, 2] and [r['iter'] for r in evals] == [0, 2]
-    row = bench.summarize(str(tmp_path / 'torn'), 0, None)
+    row = study.summarize(str(tmp_path / 'torn'), 0, None)
     assert row['status'] == 'ok' and row['error'] is None and row['final_val_loss'] == 2.5 and row['iters'] == 2
     write_run(tmp_path / 'diverged', train_records([2.9, float('nan')]) + [dict(kind='diverged', iter=2, reason='nan')],
               "training diverged: the loss is nan\n", tail='\x00\x00\x00')
@@ -579,25 +579,25 @@ def train_header():
     return namespace
 
 
-STUDIES = sorted(glob.glob(os.path.join(REPO, 'config', 'ablations', '*.py')) +
-                 glob.glob(os.path.join(REPO, 'config', 'bench', '*.py')))
+STUDIES = sorted(glob.glob(os.path.join(REPO, 'config', 'studies', 'ablations', '*.py')) +
+                 glob.glob(os.path.join(REPO, 'config', 'studies', '*.py')))
 
 
-@pytest.mark.parametrize('study', STUDIES, ids=os.path.basename)
-def test_study_files_name_real_configs_and_globals(study, monkeypatch):
-    """Every run of each study file (config/ablations, config/bench) is a train.py command the configurator takes:
-    its config file exists and sets known globals, its overrides, shared arguments and grid keys are globals; its
+@pytest.mark.parametrize('study_file', STUDIES, ids=os.path.basename)
+def test_study_files_name_real_configs_and_globals(study_file, monkeypatch):
+    """Every run of each study file (config/studies, config/studies/ablations) is a train.py command the configurator
+    takes: its config file exists and sets known globals, its overrides, shared arguments and grid keys are globals; its
     reference, ladder and target name its runs. A config file not written yet is skipped (after the others pass)."""
     monkeypatch.chdir(REPO)
-    settings = bench.read_py(study)
-    assert settings['runs'] and set(settings) <= bench.STUDY_KEYS
-    specs = bench.parse_runs('', ';'.join(settings['runs']))
-    names = [bench.run_name(spec, overrides) for spec, overrides in specs]
+    settings = study.read_py(study_file)
+    assert settings['runs'] and set(settings) <= study.STUDY_KEYS
+    specs = study.parse_runs('', ';'.join(settings['runs']))
+    names = [study.run_name(spec, overrides) for spec, overrides in specs]
     for key in ('reference', 'ladder', 'target_loss'):
         assert not isinstance(settings.get(key), str) or settings[key] in names, key
     assert all(isinstance(s, int) for s in settings.get('seeds', []))
     assert all(isinstance(k, (int, float)) and k >= 1 for k in settings.get('ladder_budgets', []))
-    grid = bench.parse_tune(settings.get('tune', []))
+    grid = study.parse_tune(settings.get('tune', []))
     shared = settings.get('train_args', [])
     missing = []
     for spec, overrides in specs:

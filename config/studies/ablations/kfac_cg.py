@@ -2,7 +2,7 @@
 # cg_steps of conjugate gradients on (A(x)G + lambda I) vec(U) = vec(V) preconditioned by KFAC's damped inverse, from
 # KFAC's answer (optim/solves.py): 0 steps is KFAC, more approach Fixed Fisher's exact damped inverse. Val loss and
 # ms/iter for 0, 1, 2 and 4 steps against the eigenbasis solve (solve='eigen'), three seeds, paired against it.
-#   OMP_NUM_THREADS=1 python bench.py config/ablations/kfac_cg.py
+#   OMP_NUM_THREADS=1 python study.py config/studies/ablations/kfac_cg.py
 # Cost: 5 runs x 3 seeds x 1000 iterations x ~180 ms = 2,700 s plus evaluations: about 1 core-hour.
 runs = ['config/fixed_fisher_small.py:solve=eigen'] + \
        [f'config/fixed_fisher_small.py:solve=kfac_cg,cg_steps={k}' for k in (0, 1, 2, 4)]

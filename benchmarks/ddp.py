@@ -4,8 +4,8 @@ a small GPT, the same global batch for any number of ranks. Bytes per step, payl
 ddp_mb, DDP's gradient all-reduce (every gradient once a step); opt_mb, the optimizer's own (factor all-reduce on
 factor-update steps, decomposition or preconditioned-gradient broadcasts: its comm_mb diagnostic).
 
-$ OMP_NUM_THREADS=1 python bench_ddp.py                           # tiny, every optimizer, 1 and 2 ranks
-$ python bench_ddp.py --optimizers=kfac,fixed_fisher --factor_update_freq=1 --inv_update_freq=1 --n_embd=128
+$ OMP_NUM_THREADS=1 python -m benchmarks.ddp                           # tiny, every optimizer, 1 and 2 ranks
+$ python -m benchmarks.ddp --optimizers=kfac,fixed_fisher --factor_update_freq=1 --inv_update_freq=1 --n_embd=128
 """
 
 import argparse

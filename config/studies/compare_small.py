@@ -1,8 +1,8 @@
 # The README's results: each optimizer's small config (config/<name>_small.py: same model, data, seed, batches and
 # 2000 iterations), each tuned on the same learning-rate grid, every run's schedule the same cosine to 0 after 100
 # warmup iterations. Steps and seconds to the tuned AdamW's final val loss; plots in out_dir.
-#   python bench.py config/bench/compare_small.py
-# Quicker look: python bench.py config/bench/compare_small.py --max_iters=200 --lr_decay_iters=200 --out_dir=out-try --results_dir=out-try
+#   python study.py config/studies/compare_small.py
+# Quicker look: python study.py config/studies/compare_small.py --max_iters=200 --lr_decay_iters=200 --out_dir=out-try --results_dir=out-try
 runs = [
     'config/adamw_small.py',
     'config/kfac_small.py',

@@ -3,7 +3,7 @@
 # interval, the paired difference to AdamW seed by seed, and the speedup in tokens and in seconds against AdamW's
 # ladder (AdamW at 1x, 2x and 4x the tokens, Wen et al. 2025). Results, plots and every run's records in
 # results/compare_all_small/ (a stopped study restarts from there, on any machine); checkpoints in out_dir.
-#   OMP_NUM_THREADS=1 python bench.py config/bench/compare_all_small.py
+#   OMP_NUM_THREADS=1 python study.py config/studies/compare_all_small.py
 # Quicker look: ... --tune_iters=100 --max_iters=200 --lr_decay_iters=200 --out_dir=out-try --results_dir=out-try
 #
 # Cost, from the small configs' ms/iter with two runs at a time on 2 cores (README: adamw 105, kfac 143,
@@ -28,7 +28,7 @@
 # the seeds' variance (and every run is evaluated on the same batches, so it cancels further in the differences).
 #
 # The damping grid assumes relative damping (damping_mode = 'relative', as kfac_small and fixed_fisher_small; their
-# lambda 1e-1 was the best of 1e-3..1 in config/ablations/damping.py); bench.py tunes damping only for the
+# lambda 1e-1 was the best of 1e-3..1 in config/studies/ablations/damping.py); study.py tunes damping only for the
 # optimizers that take it (tuned_here), lr for all.
 runs = [f'config/{name}_small.py' for name in (
     'adamw', 'kfac', 'fixed_fisher', 'eva', 'ekfac', 'iekfac', 'ief', 'kpsvd', 'kfac_corrected', 'dykaf', 'muon',

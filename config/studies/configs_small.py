@@ -1,8 +1,8 @@
 # The small configs as they are (their own learning rates, warmup 100, cosine to lr/10 over 2000 iterations, eval
-# every 250 on 20 batches): one seed each, not tuned against each other (config/bench/compare_small.py is the
+# every 250 on 20 batches): one seed each, not tuned against each other (config/studies/compare_small.py is the
 # tuned comparison). Plus AdamW, linear and delta-rule attention at nanoGPT's lr 1e-3, and nanoGPT's baby GPT
 # (config/train_shakespeare_char.py) cut to the small model and its CPU settings (nanoGPT documents about 1.88).
-#   OMP_NUM_THREADS=1 python bench.py config/bench/configs_small.py
+#   OMP_NUM_THREADS=1 python study.py config/studies/configs_small.py
 runs = [
     'config/adamw_small.py',
     'config/kfac_small.py',

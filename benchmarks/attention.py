@@ -3,8 +3,8 @@ Forward+backward throughput of one attention layer, softmax vs linear vs delta, 
 Softmax attention costs O(T²) per sequence, so its tokens/s falls as T grows; the chunked linear and delta
 rules cost O(T·chunk_size), so theirs stays about flat.
 
-$ OMP_NUM_THREADS=4 python bench_attention.py                       # the small model's layer, T = 256..4096
-$ python bench_attention.py --seq_lens=64,128,256 --n_embd=64 --n_head=2 --block   # a quick look, whole Blocks
+$ OMP_NUM_THREADS=4 python -m benchmarks.attention                       # the small model's layer, T = 256..4096
+$ python -m benchmarks.attention --seq_lens=64,128,256 --n_embd=64 --n_head=2 --block   # a quick look, whole Blocks
 """
 
 import argparse
