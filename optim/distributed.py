@@ -230,6 +230,27 @@ class Ranks:
             self.comm_bytes += nbytes(tensors)
         return out
 
+    def saved_layers(self, opt, layers, theirs):
+        """'gradient' mode, state_dict(): the layers other ranks own from consolidate()'s theirs, else without
+        their decompositions (a resume recomputes them)."""
+        for name in layers:
+            if self.owns(name):
+                continue
+            if theirs and name in theirs:
+                layers[name] = theirs[name]
+            else:  # its decomposition stays with its owner
+                layers[name].pop('decomposed', None)
+        if theirs is None:
+            print(f"{type(opt).__name__}: state_dict() without consolidate_state_dict() on every rank first: the "
+                  "layers of other ranks are saved without their decompositions (a resume recomputes them)")
+        return layers
+
+    def loaded_layer(self, opt, st):
+        """'gradient' mode, load_state_dict(): another rank decomposes and preconditions this layer; keep what
+        step() uses here."""
+        keep = opt.factor_names + ('momentum_buffer', 'exp_avg', 'exp_avg_sq', 'decomposed')
+        return {k: v for k, v in st.items() if k in keep}
+
     def precondition(self, opt, active):
         """[U] for active [(group, st, V)]: every rank computes all in 'decomposition' and 'none' modes; in
         'gradient' mode each owner computes its layers' U and broadcasts them."""

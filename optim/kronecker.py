@@ -378,9 +378,9 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         damping_schedule='lm', then also lm_ratio: the last reduction ratio); damping_eff: the mean over layers of the
         lambda in use (differs in 'relative' mode); kl_nu: the last step's KL-clip factor (1: no clipping);
         update_grad_ratio: ||U|| / ||V|| over all preconditioned layers after grafting and clipping, before
-        momentum; skipped_steps, decomp_retries, decomp_shifts: counts since the start; ms_factors (hooks, sampled backward, running
-        averages), ms_decomp, ms_precond (preconditioning, clipping, the weight update): mean ms per step since the
-        last call."""
+        momentum; skipped_steps, decomp_retries, decomp_shifts: counts since the start; ms_factors (hooks, sampled
+        backward, running averages), ms_decomp, ms_precond (preconditioning, clipping, the weight update): mean ms per
+        step since the last call."""
         n = max(self._steps_since_log, 1)
         ms = self.timer.read()
         lams = [st['damping_eff'] for st in self.layer_state.values() if 'damping_eff' in st]
@@ -411,18 +411,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     def state_dict(self):
         sd = super().state_dict()  # param groups and AdamW's state
         layers = {name: dict(st) for name, st in self.layer_state.items()}
-        if self.ranks is not None and self.ranks.mode == 'gradient':
-            theirs, self._consolidated = self._consolidated, None
-            for name in layers:
-                if self.ranks.owns(name):
-                    continue
-                if theirs and name in theirs:
-                    layers[name] = theirs[name]
-                else:  # its decomposition stays with its owner: a resume recomputes it
-                    layers[name].pop('decomposed', None)
-            if theirs is None:
-                print(f"{type(self).__name__}: state_dict() without consolidate_state_dict() on every rank first: the "
-                      "layers of other ranks are saved without their decompositions (a resume recomputes them)")
+        if self.ranks is not None and self.ranks.mode == 'gradient':  # other ranks' layers, as consolidated
+            layers, self._consolidated = self.ranks.saved_layers(self, layers, self._consolidated), None
         sd['kronecker'] = dict(steps=self.steps, skipped_steps=self.skipped_steps, decomp_retries=self.decomp_retries,
                                decomp_shifts=self.decomp_shifts,
                                layers=layers, damping=self.damping, lm_ratio=self.lm_ratio)
@@ -445,9 +435,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         for name, st in kron['layers'].items():  # keep the saved dtypes (factors may be wider than the weights)
             device = self.modules_[name].weight.device
             if self.ranks is not None and self.ranks.mode == 'gradient' and not self.ranks.owns(name):
-                # distribute='gradient': another rank decomposes and preconditions this layer; keep what step() uses
-                st = {k: v for k, v in st.items() if k in self.factor_names + ('momentum_buffer', 'exp_avg',
-                                                                               'exp_avg_sq', 'decomposed')}
+                st = self.ranks.loaded_layer(self, st)
             self.layer_state[name] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in st.items()}
         self._arm()
 
