@@ -94,6 +94,24 @@ def test_cross_terms_gamma_steps_by_the_dense_damped_inverse(gamma, mode):
         torch.testing.assert_close(step, reference, rtol=1e-8, atol=1e-12, msg=lambda m: f'{n}: {m}')
 
 
+def test_a_new_method_is_one_class_and_one_registry_line(monkeypatch):
+    """README's example: an EigenbasisOptimizer subclass that writes only its denominator D = s_G s_A^T + lambda,
+    registered by one line, steps by the dense (A (x) G + lambda I)^-1 (it is Fixed Fisher)."""
+    from optim.eigenbasis import EigenbasisOptimizer
+
+    class MyMethod(EigenbasisOptimizer):
+        def denominator(self, st):
+            lam = st['damping_eff'] = self.damping_for(st['s_A'].mean(), st['s_G'].mean())
+            return torch.outer(st['s_G'], st['s_A']) + lam
+
+    monkeypatch.setitem(OPTIMIZERS, 'my_method', MyMethod)
+    assert 'eigen_refresh' in optimizer_kwargs('my_method', dict(eigen_refresh='qr', damping=0.1))
+    ours, fixed = (step_and_dense_solve(name, 'relative') for name in ('my_method', 'fixed_fisher'))
+    for n, (step, reference, _) in ours.items():
+        torch.testing.assert_close(step, reference, rtol=1e-8, atol=1e-12)
+        torch.testing.assert_close(step, fixed[n][0], rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize('mode', ['absolute', 'relative'])
 def test_kfac_eigen_solve_equals_its_inverse_and_fixed_fisher_at_gamma_one(mode):
     """Three ways to KFAC's step, float64: kfac's inverses, kfac's eigenbasis solve, fixed_fisher with cross_terms=1;
