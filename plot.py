@@ -168,6 +168,42 @@ def plot_runs(run_dirs, out, labels=None, target_loss=None):
     return paths
 
 
+def plot_final_vs(rows, key, out):
+    """final_val_loss_vs_<key>.png in folder out: study.py's rows (results.json) that set the override key, their
+    final val loss (the mean over the seeds, bars the 95% interval) against its value, one line per setting of their
+    other overrides (e.g. cross_terms = gamma at each damping). Returns the path, or None if no row sets key."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    lines = {}
+    for r in rows:
+        over = dict(r.get('overrides') or {})
+        mean = r.get('final_val_loss_mean', r.get('final_val_loss'))
+        if key not in over or mean is None or not finite(mean):
+            continue
+        rest = ', '.join(f'{k}={v}' for k, v in sorted(over.items()) if k != key) or r['name']
+        lines.setdefault(rest, []).append((float(over[key]), mean, r.get('final_val_loss_ci95')))
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, points in sorted(lines.items()):
+        points.sort()
+        x, y = [p[0] for p in points], [p[1] for p in points]
+        err = [[m - ci[0] if ci else 0 for _, m, ci in points], [ci[1] - m if ci else 0 for _, m, ci in points]]
+        ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=label)
+    ax.set_xlabel(key)
+    ax.set_ylabel('final val loss (mean, 95% interval over seeds)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, f'final_val_loss_vs_{key}.png')
+    os.makedirs(out, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('run_dirs', nargs='+', help="train.py out_dirs (each with a metrics.jsonl); dir1,dir2,... "

@@ -49,14 +49,16 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
                          --results_dir= (empty) turns it off
   --nproc=1              ranks per run: above 1, each run goes under torchrun --standalone --nproc_per_node=N
   --jobs=1               runs at a time (each its own process: with OMP_NUM_THREADS=1, one per core)
+  --plot_vs=KEY          also final_val_loss_vs_KEY.png: the runs' final val loss (mean, 95% interval over the seeds)
+                         against their override KEY's value, a line per setting of their other overrides
   --rerun=False          a run that already ran to its end with the same arguments (OUT/<run>/run.json, or
                          DIR/runs/<run>/run.json) is read, not run again: extend a grid or add runs and only they
                          run; True reruns all
 
 A study file (config/studies/*.py, config/studies/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
-target_loss, out_dir, jobs, nproc, seeds, reference, max_grid_extensions, ladder, ladder_budgets, tune_iters and
-results_dir (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
+target_loss, out_dir, jobs, nproc, seeds, reference, max_grid_extensions, ladder, ladder_budgets, tune_iters,
+results_dir and plot_vs (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
 appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
 
 A run's name is its optimizer (or config file) and overrides ("kfac damping=1e-2 learning_rate=1e-3"), its folder
@@ -108,12 +110,12 @@ import time
 from scipy import stats
 from tqdm import tqdm
 
-from plot import BREAKDOWN, finite, median_ms, plot_runs, read_records
+from plot import BREAKDOWN, finite, median_ms, plot_final_vs, plot_runs, read_records
 
 here = os.path.dirname(os.path.abspath(__file__))
 ALIASES = {'lr': 'learning_rate'}  # --tune lr=... is the peak learning rate
 STUDY_KEYS = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc', 'seeds', 'reference',
-              'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir'}
+              'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir', 'plot_vs'}
 LOG_TAIL = 50  # lines of train.log that summarize reads, and that DIR/runs/<run>/ keeps
 
 # results.md's columns: (header, results.json key, format), in groups; the optional ones are shown when the study
@@ -449,9 +451,9 @@ def write_results(folder, table, results):
         json.dump({**results, **git_state()}, f, indent=1)  # and the commit study.py ran from (each run's: its row)
 
 
-def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False, seeds=None,
-          reference=None, max_grid_extensions=2, ladder=None, ladder_budgets=(1, 2, 4), tune_iters=None,
-          results_dir=None):
+def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False,
+              seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets=(1, 2, 4),
+              tune_iters=None, results_dir=None, plot_vs=None):
     """Runs every spec over the grid at the first seed (the grid extended beyond an edge its best lies on), then
     its best point at every seed (and the ladder's at every budget), `jobs` at a time; each spec goes on as soon as
     its own trials end. A trial that already ran to its end in its folder (OUT/<run>, or results_dir/runs/<run>)
@@ -694,6 +696,8 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                                                         for d in r['out_dirs'])]
     if plot and plotted:
         plot_runs([r['out_dirs'] for r in plotted], folder, [r['name'] for r in plotted], target_loss)
+    if plot and plot_vs:
+        plot_final_vs(rows, plot_vs, folder)
     return rows, trials, table
 
 
@@ -711,7 +715,7 @@ def main(argv):
         return
     opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-study', nproc=1, jobs=1, rerun='False',
                 seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets='1,2,4',
-                tune_iters=None, results_dir=None)
+                tune_iters=None, results_dir=None, plot_vs=None)
     tunes, train_args = [], []
     argv = list(argv)
     study = [a for a in argv if a.endswith('.py') and os.path.isfile(a) and 'runs' in read_py(a)]
@@ -757,7 +761,7 @@ def main(argv):
                         max_grid_extensions=int(opts['max_grid_extensions']), ladder=opts['ladder'],
                         ladder_budgets=numbers(opts['ladder_budgets'], float),
                         tune_iters=None if opts['tune_iters'] is None else int(opts['tune_iters']),
-                        results_dir=opts['results_dir'])
+                        results_dir=opts['results_dir'], plot_vs=opts['plot_vs'])
     print(table)
     print(f"wrote {os.path.join(opts['results_dir'] or opts['out_dir'], 'results.md')}, results.json and the plots")
 

@@ -495,6 +495,25 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
         open(tmp_path / 'out-rising' / 'results.md').read()
 
 
+def test_plot_vs_draws_final_loss_against_an_override(tmp_path, monkeypatch):
+    """--plot_vs=cross_terms (cross_terms.py's plot_vs): final_val_loss_vs_cross_terms.png, from the rows' means and
+    intervals, one line per damping; rows without the override are left out."""
+    def loss(args):
+        return 1.5 + 0.1 * float(arg(args, 'cross_terms', 0)) + 0.01 * float(arg(args, 'seed'))
+
+    monkeypatch.setattr(study, 'run_one', fake_train(loss))
+    monkeypatch.chdir(tmp_path)
+    runs = ';'.join(f'fixed_fisher:damping={lam},cross_terms={g}' for lam in ('1e-2', '1e-1') for g in ('0.0', '1.0'))
+    study.main([f'--runs={runs};adamw', '--out_dir=out', '--max_iters=4', '--seeds=1,2', '--plot_vs=cross_terms'])
+    rows = json.load(open(tmp_path / 'out' / 'results.json'))['rows']
+    ff = [r for r in rows if r['optimizer'] == 'fixed_fisher']
+    assert [r['final_val_loss_mean'] for r in ff] == pytest.approx([1.515, 1.615, 1.515, 1.615])
+    with Image.open(tmp_path / 'out' / 'final_val_loss_vs_cross_terms.png') as image:
+        assert image.format == 'PNG' and image.size[0] > 100
+    import plot
+    assert plot.plot_final_vs(rows, 'no_such_key', str(tmp_path)) is None
+
+
 def test_mean_sd_ci_and_speedup_at_the_ladders_points():
     assert study.mean_sd_ci([1.0, 2.0, 3.0]) == (2.0, 1.0, pytest.approx([2 - 4.302653 / 3 ** 0.5,
                                                                           2 + 4.302653 / 3 ** 0.5]))
