@@ -46,3 +46,11 @@ def adamw_for_the_rest(params, lr, weight_decay, betas, eps, lr_scale):
         return None
     fused = all(p.is_cuda for g in groups for p in g['params'])
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
+def closure_loss(closure):
+    """torch.optim's closure convention: the loss closure() returns, computed with grad enabled; None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()

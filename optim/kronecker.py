@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from optim.adamw import adamw_for_the_rest
+from optim.adamw import adamw_for_the_rest, closure_loss
 from optim.capture import FactorCapture, logits_module, outer, split_layers, unwrap
 from optim.distributed import MODES, Ranks, world
 from optim.levenberg_marquardt import adapt_damping
@@ -261,10 +261,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         factor_step = self.capture.armed
         if factor_step and not self._backward_called:
             self.capture.check_plain_backward(type(self).__name__, self.fisher)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 import torch.optim._muon as torch_muon
 
-from optim.adamw import block_matrices_and_rest
+from optim.adamw import block_matrices_and_rest, closure_loss
 
 
 @contextmanager
@@ -77,10 +77,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         with newton_schulz_in(self.ns_dtype):
             self.muon.step()
         self.adamw.step()

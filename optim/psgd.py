@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
-from optim.adamw import block_matrices_and_rest
+from optim.adamw import block_matrices_and_rest, closure_loss
 
 
 @contextmanager
@@ -122,10 +122,7 @@ class PSGDAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.psgd.param_groups:
             group['base_lr'] = group['lr']  # the lr train.py scheduled (heavyball would warn that it changed)
         with self._own_rng(), heavyball_compile(self.compile):
