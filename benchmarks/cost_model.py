@@ -1,0 +1,185 @@
+"""
+A cost model of one training step, for planning past this machine: from a model config, the tokens per step, the
+ranks, the update frequencies and the method, the FLOPs of forward+backward, factor capture, decompositions
+(amortised over inv_update_freq and spread over the ranks) and preconditioning, the bytes of factors and
+decompositions per rank, and the predicted step time and its ratio to AdamW's.
+
+$ python -m benchmarks.cost_model config/fixed_fisher_small.py                     # the small model, this CPU's rates
+$ python -m benchmarks.cost_model config/train_gpt2.py --tokens_per_step=524288 --ranks=8 --rates=h100
+$ python -m benchmarks.cost_model config/adamw_small.py --calibrate                  # measure this machine's rates
+
+Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's factors) and N tokens per rank:
+    forward 2 N d_in d_out, backward twice that (all Linears, the tied lm_head too), attention 4 N T d per layer
+    forward (QK^T and AV), backward twice
+    factor capture 2 N (d_in^2 + d_out^2) on factor-update steps, amortised: / factor_update_freq
+    eigh 9 n^3 (Golub & Van Loan's symmetric QR with eigenvectors), a Cholesky inverse n^3 (n^3/3 + 2n^3/3),
+    amortised: / inv_update_freq, and / ranks (each layer is decomposed on one rank)
+    preconditioning: kfac 2 products, 2 d_out d_in (d_in + d_out); eigenbasis methods 4 products, twice that;
+    ekfac also its eigenbasis moments on factor-update steps, 2 N (d_in^2 + d_out^2 + d_in d_out)
+    muon: 5 Newton-Schulz steps on each block matrix (m <= n): 5 (4 m^2 n + 2 m^3); soap: 4 products, its factors
+    G G^T and G^T G every step, 2 d_out d_in (d_in + d_out), and an eigh every inv_update_freq
+Time: matmul FLOPs at the matmul rate, decompositions at the eigh (or Cholesky) rate, AdamW's elementwise update at
+the memory bandwidth (16 bytes read and written per parameter and step, fp32 moments). The ratio to AdamW is the
+method's total over AdamW's on the same model and tokens. Rates: --rates=cpu1 (this repository's CPU, one thread,
+measured by --calibrate), h100 (assumed: 400 TFLOP/s bf16 matmul at ~40% of peak, 1 TFLOP/s fp32 eigh, 2 TB/s),
+or --matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --bytes_per_s=...
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+
+from model import GPT, GPTConfig
+from optim.capture import split_layers
+
+EIGH, INVERSE, NS_STEPS = 9, 1, 5  # FLOPs of an n x n eigh / Cholesky inverse in units of n^3; Muon's NS steps
+# measured on the development machine (2 x86_64 cores, one thread, float32) by --calibrate; h100: assumed, see above
+RATES = dict(cpu1=dict(matmul_flops_per_s=6e10, eigh_flops_per_s=4e9, inverse_flops_per_s=2e10, bytes_per_s=1e10),
+             h100=dict(matmul_flops_per_s=4e14, eigh_flops_per_s=1e12, inverse_flops_per_s=5e12, bytes_per_s=2e12))
+KRONECKER = {'kfac': ('inverse', 2), 'fixed_fisher': ('eigh', 4), 'ekfac': ('eigh', 4)}  # (decomposition, products)
+METHODS = ['adamw', *KRONECKER, 'muon', 'soap']  # psgd, eva, iEF, KPSVD, DyKAF: not modelled yet
+
+
+def layers_of(cfg, exclude='', max_factor_dim=4096):
+    """(the model's nn.Linear shapes [(d_in, d_out, bias)], the preconditioned ones as split_layers picks them, the
+    parameter count), from a model built on the meta device (no memory, any size)."""
+    with torch.device('meta'):
+        model = GPT(GPTConfig(**cfg))
+    linears = [(m.in_features, m.out_features, m.bias is not None) for m in model.modules()
+               if isinstance(m, torch.nn.Linear)]
+    pre, _ = split_layers(model, exclude, max_factor_dim)
+    kron = [(m.in_features + (m.bias is not None), m.out_features) for m in pre.values()]
+    blocks = [tuple(p.shape) for n, p in model.named_parameters() if n.startswith('transformer.h.') and p.dim() == 2]
+    return linears, kron, blocks, sum(p.numel() for p in model.parameters())
+
+
+def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_update_freq=10, exclude='',
+              max_factor_dim=4096, grafting='none'):
+    """{part: FLOPs (or bytes, for 'adamw_bytes')} of one step on one rank, and 'state_bytes' (the Kronecker
+    factors, decompositions, momentum buffer and grafting moments per rank, float32, as the optimizer's layer_state
+    holds them). tokens_per_step over all ranks."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; the cost model knows {', '.join(METHODS)}")
+    linears, kron, blocks, n_params = layers_of(cfg, exclude, max_factor_dim)
+    N, T, d, L = tokens_per_step / ranks, cfg['block_size'], cfg['n_embd'], cfg['n_layer']
+    forward = sum(2 * N * i * o for i, o, _ in linears) + 4 * N * T * d * L
+    cost = dict(fwd_bwd=3 * forward, capture=0.0, decomp=0.0, precond=0.0, adamw_bytes=16.0 * n_params,
+                state_bytes=0.0)
+    if method in KRONECKER:
+        kind, products = KRONECKER[method]
+        cost['capture'] = sum(2 * N * (i * i + o * o) for i, o in kron) / factor_update_freq
+        per = EIGH if kind == 'eigh' else INVERSE if kind == 'inverse' else 0
+        cost['decomp'] = sum(per * (i ** 3 + o ** 3) for i, o in kron) / inv_update_freq / ranks
+        cost['precond'] = sum(products * o * i * (i + o) for i, o in kron)
+        if method == 'ekfac':  # (g Q_G)^2, (a Q_A)^2 and their product, on factor-update steps
+            cost['capture'] += sum(2 * N * (i * i + o * o + i * o) for i, o in kron) / factor_update_freq
+        buffers = 1 + (2 if grafting == 'adam' else 0) + (1 if method == 'ekfac' else 0)  # momentum, m, v; EKFAC's s
+        if kind == 'eigh':  # A, G, Q_A, Q_G, s_A, s_G
+            cost['state_bytes'] = 4.0 * sum(2 * (i * i + o * o) + i + o + buffers * i * o for i, o in kron)
+        else:  # A, G, A_inv, G_inv
+            cost['state_bytes'] = 4.0 * sum(2 * (i * i + o * o) + buffers * i * o for i, o in kron)
+    elif method == 'muon':
+        cost['precond'] = sum(NS_STEPS * (4 * min(s) ** 2 * max(s) + 2 * min(s) ** 3) for s in blocks)
+    elif method == 'soap':
+        cost['precond'] = sum(4 * o * i * (i + o) for o, i in blocks)  # 4 rotations (weights are (out, in))
+        cost['capture'] = sum(2 * o * i * (i + o) for o, i in blocks)  # G G^T and G^T G every step
+        cost['decomp'] = sum(EIGH * (i ** 3 + o ** 3) for o, i in blocks) / inv_update_freq
+    return cost
+
+
+def step_seconds(cost, method, rates):
+    """{part: predicted seconds} from step_cost's FLOPs and the rates."""
+    decomp_rate = rates['inverse_flops_per_s'] if KRONECKER.get(method, ('eigh',))[0] == 'inverse' \
+        else rates['eigh_flops_per_s']
+    out = dict(fwd_bwd=cost['fwd_bwd'] / rates['matmul_flops_per_s'],
+               capture=cost['capture'] / rates['matmul_flops_per_s'],
+               decomp=cost['decomp'] / decomp_rate,
+               precond=cost['precond'] / rates['matmul_flops_per_s'],
+               adamw=cost['adamw_bytes'] / rates['bytes_per_s'])
+    out['total'] = sum(out.values())
+    return out
+
+
+def calibrate(sizes=(128, 256, 512)):
+    """This machine's rates on the current thread count: float32 matmul, eigh and Cholesky inverse FLOP/s (the
+    median over sizes), and the bandwidth of an elementwise update."""
+    def best(fn, reps=5):
+        fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    rates = dict(matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[])
+    for n in sizes:
+        X = torch.randn(n, n)
+        S = X @ X.T + n * torch.eye(n)
+        rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: X @ X))
+        rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(S)))
+        rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(
+            lambda: torch.cholesky_inverse(torch.linalg.cholesky(S))))
+    out = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    p, m = torch.randn(2 ** 22), torch.randn(2 ** 22)
+    out['bytes_per_s'] = 16 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))
+    return out
+
+
+def read_config(path, overrides):
+    """The train.py globals the cost model needs, from train.py's defaults, a config file and --key=value."""
+    keys = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, bias=False, vocab_size=50304, dropout=0.0,
+                attention='softmax', batch_size=12, gradient_accumulation_steps=40, optimizer='adamw',
+                factor_update_freq=10, inv_update_freq=10, exclude='', max_factor_dim=4096, grafting='none')
+    if path:
+        scope = {}
+        exec(open(path).read(), scope)
+        keys.update({k: scope[k] for k in keys if k in scope})
+        if scope.get('dataset') == 'shakespeare_char':
+            keys['vocab_size'] = 65
+    for key, value in overrides.items():
+        keys[key] = type(keys[key])(value) if key in keys and keys[key] is not None else value
+    return keys
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config', nargs='?', default=None, help="a train.py config file")
+    p.add_argument('--tokens_per_step', type=int, default=None, help="over all ranks (default: the config's)")
+    p.add_argument('--ranks', type=int, default=1)
+    p.add_argument('--methods', default=','.join(METHODS))
+    p.add_argument('--rates', default='cpu1', choices=sorted(RATES))
+    p.add_argument('--calibrate', action='store_true', help="measure this machine's rates and use them")
+    for key in ('matmul_flops_per_s', 'eigh_flops_per_s', 'inverse_flops_per_s', 'bytes_per_s'):
+        p.add_argument(f'--{key}', type=float, default=None)
+    p.add_argument('--set', action='append', default=[], help="a config key=value (n_embd=256, ...), repeatable")
+    args = p.parse_args(argv)
+    cfg = read_config(args.config, dict(s.split('=', 1) for s in args.set))
+    rates = calibrate() if args.calibrate else dict(RATES[args.rates])
+    rates.update({k: getattr(args, k) for k in rates if getattr(args, k) is not None})
+    tokens = args.tokens_per_step or cfg['batch_size'] * cfg['block_size'] * cfg['gradient_accumulation_steps']
+    model = {k: cfg[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout',
+                                 'attention')}
+    n_params = layers_of(model)[3]
+    print(f"model {cfg['n_layer']}x{cfg['n_embd']} ({n_params / 1e6:.1f}M parameters), {tokens:,} tokens per step "
+          f"on {args.ranks} rank(s); rates: " + ', '.join(f'{k} {v:.3g}' for k, v in rates.items()))
+    print("| method | GFLOP fwd+bwd | capture | decomp | precond | state MB/rank | ms fwd+bwd | capture | decomp | "
+          "precond | adamw | total | x adamw |\n" + "|---" * 13 + "|")
+    base = None
+    for method in args.methods.split(','):
+        c = step_cost(method, model, tokens, args.ranks, cfg['factor_update_freq'], cfg['inv_update_freq'],
+                      cfg['exclude'], cfg['max_factor_dim'], cfg['grafting'])
+        s = step_seconds(c, method, rates)
+        base = s['total'] if method == 'adamw' else base
+        ratio = f"{s['total'] / base:.2f}" if base else '—'
+        print(f"| {method} | " + ' | '.join(f"{c[k] / 1e9:.3g}" for k in ('fwd_bwd', 'capture', 'decomp', 'precond'))
+              + f" | {c['state_bytes'] / 2 ** 20:.1f} | "
+              + ' | '.join(f"{1e3 * s[k]:.3g}" for k in ('fwd_bwd', 'capture', 'decomp', 'precond', 'adamw', 'total'))
+              + f" | {ratio} |")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

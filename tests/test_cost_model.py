@@ -1,0 +1,87 @@
+"""benchmarks/cost_model.py against independent counts on the small model (4 layers, n_embd 128, 768 tokens per
+step): torch's FlopCounterMode for forward+backward, factor capture and preconditioning, a hand count of its layers
+for the decompositions, and the bytes a real optimizer's layer_state holds."""
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.cost_model import EIGH, main, step_cost
+from model import GPT, GPTConfig
+from optim import build_optimizer
+from optim.kronecker import gradient_matrix
+
+SMALL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, vocab_size=65, dropout=0.0)
+N = 12 * 64  # tokens per step
+# the small model's preconditioned layers, (d_in, d_out), by hand: per block c_attn, attn.c_proj, c_fc, mlp.c_proj
+# (the lm_head is tied to the embedding and stays with AdamW)
+LAYERS = [(128, 384), (128, 128), (128, 512), (512, 128)] * 4
+
+
+def small_model_and_batch(seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**SMALL))
+    X, Y = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64))
+    return model, X, Y
+
+
+def counted(fn):
+    """Matmul FLOPs torch counts while fn runs (the math attention, so that its batched products are counted)."""
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        fn()
+    return counter.get_total_flops()
+
+
+def test_forward_backward_flops_equal_torch_flop_counter():
+    model, X, Y = small_model_and_batch()
+    assert counted(lambda: model(X, Y)[1].backward()) == step_cost('adamw', SMALL, N)['fwd_bwd']
+
+
+def test_one_step_of_each_part_equals_a_hand_count():
+    cost = step_cost('fixed_fisher', SMALL, N, factor_update_freq=1, inv_update_freq=1)
+    forward = 2 * N * sum(i * o for i, o in LAYERS) + 2 * N * 128 * 65 + 4 * N * 64 * 128 * 4  # + lm_head, attention
+    assert cost['fwd_bwd'] == 3 * forward
+    assert cost['capture'] == sum(2 * N * (i * i + o * o) for i, o in LAYERS)
+    assert cost['decomp'] == sum(EIGH * (i ** 3 + o ** 3) for i, o in LAYERS)  # two eighs a layer
+    assert cost['precond'] == sum(4 * o * i * (i + o) for i, o in LAYERS)  # Q_G^T V, . Q_A, and back
+    amortised = step_cost('fixed_fisher', SMALL, 8 * N, ranks=8, factor_update_freq=10, inv_update_freq=10)
+    assert amortised['capture'] == cost['capture'] / 10 and amortised['decomp'] == cost['decomp'] / 80
+    assert step_cost('kfac', SMALL, N)['precond'] == cost['precond'] / 2
+
+
+@pytest.mark.parametrize('method', ['kfac', 'fixed_fisher'])
+def test_capture_and_preconditioning_flops_equal_torch_flop_counter(method):
+    """A factor-update step's forward+backward counts the hooks' x^T x on top of the model's; precondition() on every
+    layer counts the method's products (kernels' torch path on a CPU)."""
+    model, X, Y = small_model_and_batch()
+    opt = build_optimizer(method, model, factor_update_freq=1, inv_update_freq=1, kl_clip=None)
+    cost = step_cost(method, SMALL, N, factor_update_freq=1, inv_update_freq=1)
+    assert counted(lambda: model(X, Y)[1].backward()) == cost['fwd_bwd'] + cost['capture']
+    opt.step()
+    model(X, Y)[1].backward()  # gradients for the preconditioning below (the hooks record again: not counted)
+    layers = [(opt.layer_state[g['name']], gradient_matrix(g)) for g in opt.param_groups if g['kind'] == 'kronecker']
+    assert counted(lambda: [opt.precondition(st, V) for st, V in layers]) == cost['precond']
+
+
+@pytest.mark.parametrize('method,grafting', [('kfac', 'none'), ('fixed_fisher', 'adam'), ('ekfac', 'adam')])
+def test_state_bytes_equal_a_real_optimizers_state(method, grafting):
+    model, X, Y = small_model_and_batch()
+    opt = build_optimizer(method, model, factor_update_freq=1, inv_update_freq=1, grafting=grafting, lr=1e-3)
+    for _ in range(2):
+        model(X, Y)[1].backward()
+        opt.step()
+        opt.zero_grad()
+    held = sum(t.nbytes for st in opt.layer_state.values() for t in st.values()
+               if torch.is_tensor(t) and t.dim() > 0)  # not the 0-d damping_eff
+    assert held == step_cost(method, SMALL, N, grafting=grafting)['state_bytes']
+
+
+def test_cli_prints_every_method_and_gpt2_sizes(capsys):
+    assert main(['config/fixed_fisher_small.py']) == 0
+    out = capsys.readouterr().out
+    assert all(f'| {m} |' in out for m in ('adamw', 'kfac', 'fixed_fisher', 'ekfac', 'muon', 'soap'))
+    assert main(['--set=n_layer=12', '--set=n_embd=768', '--tokens_per_step=524288', '--ranks=8', '--rates=h100',
+                 '--methods=adamw,fixed_fisher']) == 0
+    assert '124.' in capsys.readouterr().out  # GPT-2 small's parameters, 124M (vocab 50304)
+    with pytest.raises(ValueError, match='psgd'):
+        step_cost('psgd', SMALL, N)
