@@ -32,6 +32,7 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
                          mean, sd and 95% interval of the final val loss over the seeds. Unset: one run per grid
                          point at the config's seed, as before
   --reference=RUN        a run's name: every run's final val loss minus RUN's, seed by seed (a paired difference)
+  --compare_to=RUN,...   more runs to pair every run with, as --reference (results.json: diff_to_<RUN>_mean, _ci95)
   --ladder=RUN --ladder_budgets=1,2,4   speedup as Wen et al. (2025) measure it: RUN's best point is also run at
                          each budget (max_iters and lr_decay_iters times it, warmup the same; every seed), and each
                          run's speedup is the tokens (training seconds) RUN's ladder needs to reach its final val
@@ -57,7 +58,7 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
 
 A study file (config/studies/*.py, config/studies/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
-target_loss, out_dir, jobs, nproc, seeds, reference, max_grid_extensions, ladder, ladder_budgets, tune_iters,
+target_loss, out_dir, jobs, nproc, seeds, reference, compare_to, max_grid_extensions, ladder, ladder_budgets, tune_iters,
 results_dir and plot_vs (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
 appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
 
@@ -89,7 +90,8 @@ point; status and error: the first seed's that did not end well, 'pending' for o
   val_loss_se             the mean over the seeds of the final evaluation's standard error (train.py: the sd of
                           the eval_iters batch losses / √eval_iters): evaluation noise, against the seeds' sd
   diff_to_reference_mean, diff_to_reference_ci95   per seed this row's final − the reference's, then mean and
-                          interval as above (null without a reference)
+                          interval as above (null without a reference); diff_to_<RUN>_mean, _ci95 the same for each
+                          run of compare_to
   speedup_tokens, speedup_seconds, speedup_tokens_ci95, speedup_seconds_ci95, speedup_tokens_per_seed,
   speedup_seconds_per_seed, speedup_beyond   the mean and interval over the seeds of speedup(); a seed outside the
                           ladder counts at its bound: speedup_beyond '>' (some seed beats the largest budget: the mean
@@ -114,7 +116,7 @@ from plot import BREAKDOWN, finite, median_ms, plot_final_vs, plot_runs, read_re
 
 here = os.path.dirname(os.path.abspath(__file__))
 ALIASES = {'lr': 'learning_rate'}  # --tune lr=... is the peak learning rate
-STUDY_KEYS = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc', 'seeds', 'reference',
+STUDY_KEYS = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc', 'seeds', 'reference', 'compare_to',
               'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir', 'plot_vs'}
 LOG_TAIL = 50  # lines of train.log that summarize reads, and that DIR/runs/<run>/ keeps
 
@@ -412,19 +414,21 @@ def cell(row, key, fmt):
     if key.endswith('_ci95'):
         return '[' + ', '.join(fmt.format(v) for v in value) + ']'
     text = fmt.format(value)
-    interval = row.get('diff_to_reference_ci95')
-    if key == 'diff_to_reference_mean' and interval and (interval[0] > 0 or interval[1] < 0):
+    interval = row.get(key[:-len('_mean')] + '_ci95') if key.startswith('diff_to_') else None
+    if interval and (interval[0] > 0 or interval[1] < 0):
         text += '*'
     if key in ('speedup_tokens', 'speedup_seconds') and row.get('speedup_beyond'):
         text = f"{row['speedup_beyond']} {text}"
     return text
 
 
-def markdown(rows, target_loss, trials, seeds=None, reference=None, ladder=None, notes=()):
+def markdown(rows, target_loss, trials, seeds=None, reference=None, ladder=None, notes=(), compare_to=()):
     """The table of rows (its optional columns as the study has them), its notes, then every trial when there are
     more trials than rows (a grid, seeds: so that a best value on the grid's edge shows)."""
     columns = [*NAME_COLUMNS, *(GRID_COLUMNS if any(r.get('grid') for r in rows) else []), *LOSS_COLUMNS,
                *(SEED_COLUMNS if seeds else []), *(REFERENCE_COLUMNS if reference else []),
+               *[(f'Δ {other}', f'diff_to_{other}_mean', '{:+.4f}') if i == 0 else
+                 ('Δ 95% CI', f'diff_to_{other}_ci95', '{:+.4f}') for other in compare_to for i in range(2)],
                *(LADDER_COLUMNS if ladder else []), *RUN_COLUMNS]
     target = f'{target_loss:g}' if target_loss is not None else 'target'
     headers = [h.format(target=target, reference=reference, at_seed=f' at seed {seeds[0]}' if seeds else '')
@@ -453,7 +457,7 @@ def write_results(folder, table, results):
 
 def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False,
               seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets=(1, 2, 4),
-              tune_iters=None, results_dir=None, plot_vs=None):
+              tune_iters=None, results_dir=None, plot_vs=None, compare_to=()):
     """Runs every spec over the grid at the first seed (the grid extended beyond an edge its best lies on), then
     its best point at every seed (and the ladder's at every budget), `jobs` at a time; each spec goes on as soon as
     its own trials end. A trial that already ran to its end in its folder (OUT/<run>, or results_dir/runs/<run>)
@@ -472,7 +476,9 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
         runs.append(dict(name=name, optimizer=optimizer, config=config, overrides=overrides,
                          points=[list(p) for p in dict.fromkeys(points)]))
     by_name = {r['name']: r for r in runs}
-    for setting, value in [('reference', reference), ('ladder', ladder), ('target_loss', target_loss)]:
+    compare_to = [c for c in compare_to if c]
+    for setting, value in [('reference', reference), ('ladder', ladder), ('target_loss', target_loss),
+                           *[('compare_to', c) for c in compare_to]]:
         if isinstance(value, str) and value not in by_name:
             raise ValueError(f"--{setting}={value}: no run of that name (runs: {list(by_name)})")
     done = {}  # trial name -> its row, as the trials end
@@ -576,6 +582,10 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
         references = [final_loss(t) for t in at_seeds(by_name[reference])[2]] if reference else [None] * len(seeds)
         diffs = [a - b if a is not None and b is not None else None for a, b in zip(finals, references)]
         row['diff_to_reference_mean'], _, row['diff_to_reference_ci95'] = mean_sd_ci(diffs)
+        for other in compare_to:
+            theirs = [final_loss(t) for t in at_seeds(by_name[other])[2]]
+            diffs = [a - b if a is not None and b is not None else None for a, b in zip(finals, theirs)]
+            row[f'diff_to_{other}_mean'], _, row[f'diff_to_{other}_ci95'] = mean_sd_ci(diffs)
         ladders = ladder_points() if ladder else {}
         per_seed = [speedup(ladders[s], final_loss(t), t['tokens'], t['time_s'])
                     if ladders.get(s) and final_loss(t) is not None and t['tokens'] and t['time_s'] else None
@@ -628,8 +638,8 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                          f"evaluation's standard error (sd of its batches / √eval_iters), the mean over the seeds. "
                          f"A seed that diverged leaves its run without a mean. The other columns (best val, steps, "
                          f"seconds, ms) are the first seed's run's.")
-        if reference:
-            notes.append(f"Δ {reference}: per seed, the run's final val loss − {reference}'s at the same seed; the "
+        for other in [reference] * bool(reference) + compare_to:
+            notes.append(f"Δ {other}: per seed, the run's final val loss − {other}'s at the same seed; the "
                          f"mean and its 95% CI (Student t) over the seeds; * where the interval leaves out 0.")
         if ladder:
             falls = [s for s, p in points.items() if p and any(b >= a for (_, a, _), (_, b, _) in zip(p, p[1:]))]
@@ -642,7 +652,8 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                 notes.append(f"{ladder}'s final val loss does not fall with its budget at seed(s) "
                              f"{', '.join(map(str, falls))}: its running minimum is used.")
         at_target = None if isinstance(target, str) else target
-        table = markdown(rows, at_target, trials, seeds if seeds != [None] else None, reference, ladder, notes)
+        table = markdown(rows, at_target, trials, seeds if seeds != [None] else None, reference, ladder, notes,
+                         compare_to)
         ladder_info = ladder and dict(name=ladder, budgets=budgets, seeds=[
             dict(seed=s, tokens=p and [x[0] for x in p], final_val_losses=p and [x[1] for x in p],
                  seconds=p and [x[2] for x in p], monotone=p and s not in falls) for s, p in points.items()])
@@ -715,7 +726,7 @@ def main(argv):
         return
     opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-study', nproc=1, jobs=1, rerun='False',
                 seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets='1,2,4',
-                tune_iters=None, results_dir=None, plot_vs=None)
+                tune_iters=None, results_dir=None, plot_vs=None, compare_to='')
     tunes, train_args = [], []
     argv = list(argv)
     study = [a for a in argv if a.endswith('.py') and os.path.isfile(a) and 'runs' in read_py(a)]
@@ -761,7 +772,9 @@ def main(argv):
                         max_grid_extensions=int(opts['max_grid_extensions']), ladder=opts['ladder'],
                         ladder_budgets=numbers(opts['ladder_budgets'], float),
                         tune_iters=None if opts['tune_iters'] is None else int(opts['tune_iters']),
-                        results_dir=opts['results_dir'], plot_vs=opts['plot_vs'])
+                        results_dir=opts['results_dir'], plot_vs=opts['plot_vs'],
+                        compare_to=opts['compare_to'].split(',') if isinstance(opts['compare_to'], str)
+                        else list(opts['compare_to']))
     print(table)
     print(f"wrote {os.path.join(opts['results_dir'] or opts['out_dir'], 'results.md')}, results.json and the plots")
 

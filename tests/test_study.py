@@ -447,7 +447,7 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
     monkeypatch.setattr(study, 'run_one', recording_run)
     monkeypatch.chdir(tmp_path)
     study.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', '--seeds=1,2',
-                '--reference=adamw', '--ladder=adamw'])
+                '--reference=adamw', '--ladder=adamw', '--compare_to=muon'])
     with open(tmp_path / 'out' / 'results.json') as f:
         results = json.load(f)
     ladder = [a for a in calls if 'tokens=' in a[-1]]
@@ -472,11 +472,17 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
     assert soap['speedup_tokens_ci95'] is None and kfac['speedup_seconds_ci95'] is None
     assert muon['diff_to_reference_mean'] == pytest.approx(-0.2)
     assert soap['diff_to_reference_mean'] == pytest.approx(-0.4)
+    # --compare_to=muon: paired to muon's 1.75 (seed 1) and 1.85 (seed 2) as to the reference
+    assert soap['diff_to_muon_mean'] == pytest.approx(-0.2)
+    assert soap['diff_to_muon_ci95'] == pytest.approx(interval([-0.15, -0.25]))
+    assert muon['diff_to_muon_mean'] == 0
     table = open(tmp_path / 'out' / 'results.md').read()
-    assert '| soap | — | ok | 1.6000 | 0.0000 | [1.6000, 1.6000] | 0.0150 | -0.4000* | [-0.4000, -0.4000] | ' \
-           '> 4.00× | — | > 4.00× | — |' in table
-    assert '| kfac | — | ok | 2.1000 |' in table
-    assert '| +0.1000* | [+0.1000, +0.1000] | < 1.00× | — | < 1.00× |' in table
+    lines = {line.split(' | ')[0]: line for line in table.splitlines() if line.startswith('| ')}
+    assert lines['| soap'].startswith('| soap | — | ok | 1.6000 | 0.0000 | [1.6000, 1.6000] | 0.0150 | -0.4000* | '
+                                      '[-0.4000, -0.4000] | -0.2000 | [-0.8353, +0.4353] | > 4.00× | — | > 4.00× | — |')
+    assert lines['| kfac'].startswith('| kfac | — | ok | 2.1000 |')
+    assert '| +0.1000* | [+0.1000, +0.1000] | +0.3000 | [' in lines['| kfac']
+    assert '| < 1.00× | — | < 1.00× |' in lines['| kfac']
     assert '| -0.2000 | [' in table  # muon's interval holds 0: no star
 
     def rising(args):  # adamw's 2x run ends above its 1x: the ladder uses the running minimum, and says so

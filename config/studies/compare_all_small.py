@@ -39,6 +39,7 @@ tune_iters = 500
 max_grid_extensions = 2
 seeds = [1337, 1, 2]
 reference = 'adamw_small'
+compare_to = ['kfac_small']  # the paired difference to KFAC too
 ladder = 'adamw_small'
 ladder_budgets = [1, 2, 4]
 target_loss = 'adamw_small'
