@@ -46,7 +46,7 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
                          metrics.jsonl, config.json and the last 50 lines of train.log; no checkpoint) to
                          DIR/runs/<run>/ when it ends, where a later study.py (another machine, an empty OUT) reads a
                          finished run instead of rerunning it. A study file's default: results/<study>
-                         (results/ablations/<study> for config/studies/ablations/), relative to the current folder;
+                         (results/<group>/<study> for config/studies/<group>/), relative to the current folder;
                          --results_dir= (empty) turns it off
   --nproc=1              ranks per run: above 1, each run goes under torchrun --standalone --nproc_per_node=N
   --jobs=1               runs at a time (each its own process: with OMP_NUM_THREADS=1, one per core)
@@ -713,11 +713,12 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
 
 
 def study_results_dir(path):
-    """results/<name> for a study file config/studies/<name>.py, results/ablations/<name> for
-    config/studies/ablations/<name>.py (where the README's results are), relative to the current folder."""
+    """results/<name> for a study file config/studies/<name>.py, results/<group>/<name> for
+    config/studies/<group>/<name>.py (ablations, scale: where the README's results are), relative to the current
+    folder."""
     name = os.path.splitext(os.path.basename(path))[0]
-    ablation = os.path.basename(os.path.dirname(os.path.abspath(path))) == 'ablations'
-    return os.path.join('results', *(['ablations'] if ablation else []), name)
+    group = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return os.path.join('results', *([group] if group != 'studies' else []), name)
 
 
 def main(argv):

@@ -604,14 +604,14 @@ def train_header():
     return namespace
 
 
-STUDIES = sorted(glob.glob(os.path.join(REPO, 'config', 'studies', 'ablations', '*.py')) +
+STUDIES = sorted(glob.glob(os.path.join(REPO, 'config', 'studies', '*', '*.py')) +
                  glob.glob(os.path.join(REPO, 'config', 'studies', '*.py')))
 
 
 @pytest.mark.parametrize('study_file', STUDIES, ids=os.path.basename)
 def test_study_files_name_real_configs_and_globals(study_file, monkeypatch):
-    """Every run of each study file (config/studies, config/studies/ablations) is a train.py command the configurator
-    takes: its config file exists and sets known globals, its overrides, shared arguments and grid keys are globals; its
+    """Every run of each study file (config/studies and its groups: ablations, scale) is a train.py command the
+    configurator takes: its config file exists and sets known globals, its overrides, shared arguments and grid keys are globals; its
     reference, ladder and target name its runs. A config file not written yet is skipped (after the others pass)."""
     monkeypatch.chdir(REPO)
     settings = study.read_py(study_file)
@@ -654,3 +654,10 @@ def test_config_sets_train_globals_of_their_types(config, monkeypatch):
         assert c['batch_size'] * c['block_size'] * c['gradient_accumulation_steps'] == 524_288
         assert (c['dataset'], c['n_layer'], c['n_head'], c['n_embd']) == ('fineweb10B', 12, 12, 768)
         assert c['eval_iters'] * c['batch_size'] * c['block_size'] == 10_485_760
+
+
+def test_a_study_files_results_dir_follows_its_group():
+    assert study.study_results_dir('config/studies/compare_all_small.py') == os.path.join('results', 'compare_all_small')
+    assert study.study_results_dir('config/studies/ablations/damping.py') == os.path.join('results', 'ablations',
+                                                                                          'damping')
+    assert study.study_results_dir('config/studies/scale/width64.py') == os.path.join('results', 'scale', 'width64')

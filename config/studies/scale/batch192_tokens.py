@@ -1,0 +1,7 @@
+# Tokens-per-step ladder, fixed tokens: batch 192 (12,288 tokens per step) for 125 iterations, the same 1.54M tokens
+# (1.5 epochs). Cost: ms/iter ~16x batch 12's (~1.5 s): 53 runs x 125 x 1.5 s + the ladder = ~3.5 core-hours.
+#   OMP_NUM_THREADS=1 python study.py config/studies/scale/batch192_tokens.py
+exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds, references (run from the root)
+train_args += ['--batch_size=192', '--max_iters=125', '--lr_decay_iters=125', '--warmup_iters=6', '--eval_interval=25']
+tune_iters = None
+out_dir = 'out-scale-batch192_tokens'
