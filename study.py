@@ -714,11 +714,12 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
 
 def study_results_dir(path):
     """results/<name> for a study file config/studies/<name>.py, results/<group>/<name> for
-    config/studies/<group>/<name>.py (ablations, scale: where the README's results are), relative to the current
-    folder."""
+    config/studies/<group>/<name>.py (ablations, scale: where the README's results are); results/<name> for any
+    other <name>.py; relative to the current folder."""
     name = os.path.splitext(os.path.basename(path))[0]
-    group = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return os.path.join('results', *([group] if group != 'studies' else []), name)
+    folder = os.path.dirname(os.path.abspath(path))
+    grouped = os.path.basename(os.path.dirname(folder)) == 'studies'  # config/studies/<group>/<name>.py
+    return os.path.join('results', *([os.path.basename(folder)] if grouped else []), name)
 
 
 def main(argv):

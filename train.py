@@ -89,6 +89,7 @@ kl_clip = None  # KL clip κ of the update, None disables
 fisher = 'empirical'  # 'empirical' (training labels) or 'sampled' (labels drawn from the model: the true Fisher)
 exclude = ''  # comma-separated module names left to AdamW
 max_factor_dim = 4096  # layers with a wider factor are left to AdamW
+kfac_approx = 'expand'  # Kronecker factors: 'expand' (every token a sample) or 'reduce' (every sequence one)
 eigen_refresh = 'none'  # eigenbasis methods: 'none' or 'qr' (one power iteration + QR between eigendecompositions)
 grafting = 'none'  # 'none' or 'adam': each layer's update rescaled to the norm of AdamW's
 cross_terms = 0.0  # fixed_fisher: γ in [0, 1], the share of KFAC's cross terms put back (0: Fixed Fisher, 1: KFAC)

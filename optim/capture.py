@@ -9,6 +9,10 @@ Conventions (DESIGN.md), for a layer y = W x + b with W (d_out, d_in):
     M = tokens of the micro-batch (B*T), L = (1/M) sum_m l_m, g_hat_m = M * dL/dy_m = dl_m/dy_m
     A = (1/M) sum_m a_m a_m^T,  G = (1/M) sum_m g_hat_m g_hat_m^T   (tokens are samples: the "expand" setting)
     F ~ A (x) G, and (A (x) G)^-1 vec(V) = vec(G^-1 V A^-1), vec stacking columns
+The reduce setting (kfac_approx='reduce', Eschenhagen et al. 2023, for layers shared over a sequence of T tokens,
+inputs (..., T, d_in)): per sequence n of the N = M / T, a_n = (1/T) sum_t a_nt and g_hat_n = (1/sqrt(T)) sum_t
+g_hat_nt, A = (1/N) sum_n a_n a_n^T, G = (1/N) sum_n g_hat_n g_hat_n^T (curvlinops' KFACType.REDUCE; T = 1 is
+expand). N rows instead of M: cheaper to capture.
 """
 
 import time
@@ -90,8 +94,8 @@ class FactorCapture:
     until clear(). logits=module hooks the module that outputs the logits as well: self.logits (LogitsGrad).
     """
 
-    def __init__(self, modules, statistic, dtypes, rows=False, logits=None):
-        self.modules, self.dtypes = modules, dtypes  # name -> nn.Linear / dtype
+    def __init__(self, modules, statistic, dtypes, rows=False, logits=None, reduce=False):
+        self.modules, self.dtypes, self.reduce = modules, dtypes, reduce  # name -> nn.Linear / dtype; the setting
         self.statistic = (lambda x: Rows(statistic(x), x)) if rows else statistic
         self.loss_scale, self.record_grads = 1.0, True
         self.timer = Timer()
@@ -132,7 +136,11 @@ class FactorCapture:
             return
         self.passes[name] = self.passes.get(name, 0) + 1
         with self.timer('factors', output.device), torch.no_grad(), torch.autocast(output.device.type, enabled=False):
-            x = inputs[0].detach().reshape(-1, module.in_features).to(self.dtypes[name])  # (M, d_in)
+            x = inputs[0].detach()
+            T = x.shape[-2] if self.reduce and x.dim() >= 3 else 1  # tokens per sequence (reduce), else 1
+            if T > 1:  # a_n = mean over the sequence's T tokens
+                x = x.reshape(-1, T, module.in_features).mean(1)
+            x = x.reshape(-1, module.in_features).to(self.dtypes[name])  # (M, d_in), or (N, d_in) reduced
             if module.bias is not None:
                 x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # a = [x; 1]
             self._add(name, 0, self.statistic(x), x.shape[0])
@@ -140,14 +148,16 @@ class FactorCapture:
         # view (ReLU(inplace=True)) drops the view's hooks; the base's survive and see the gradient before it.
         base = output._base
         (base if base is not None and base.numel() == output.numel() else output).register_hook(
-            partial(self._grad_hook, name))
+            partial(self._grad_hook, name, T))
 
-    def _grad_hook(self, name, grad):
+    def _grad_hook(self, name, T, grad):
         if not self.record_grads:
             return
         with self.timer('factors', grad.device), torch.no_grad(), torch.autocast(grad.device.type, enabled=False):
             g = grad.detach().reshape(-1, grad.shape[-1]).to(self.dtypes[name])  # (M, d_out)
             g = g * (g.shape[0] / self.loss_scale)  # g_hat = M dL/dy
+            if T > 1:  # g_hat_n = sum over the sequence's T tokens / sqrt(T)
+                g = g.view(-1, T, g.shape[-1]).sum(1) / T ** 0.5
             self._add(name, 1, self.statistic(g), g.shape[0])
 
     def sampled_backward(self, logits, loss_scale):

@@ -65,6 +65,8 @@ class IEF(KroneckerOptimizer):
         if shared.get('fisher', 'empirical') != 'empirical':
             raise ValueError(f"iEF is built on the training labels' per-sample gradients: fisher must be 'empirical', "
                              f"got {shared['fisher']!r}")
+        if shared.get('kfac_approx', 'expand') != 'expand':
+            raise ValueError("iEF solves on the per-token rows: kfac_approx must be 'expand'")
         if samples not in ('sequences', 'tokens'):
             raise ValueError(f"unknown samples {samples!r}; known: sequences, tokens")
         if shared.get('factor_update_freq', 1) != 1:
@@ -123,6 +125,8 @@ class IEKFAC(KFAC):
     keep_rows, logits_grad = True, True
 
     def __init__(self, model, logits_module=None, **kwargs):  # kwargs: KFAC's
+        if kwargs.get('kfac_approx', 'expand') != 'expand':
+            raise ValueError("iEKFAC rescales each token's g_hat by its logits: kfac_approx must be 'expand'")
         self.logits_module = logits_module
         super().__init__(model, **kwargs)
 

@@ -45,7 +45,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         max_factor_dim=4096 (wider layers go to AdamW), grafting='none' | 'adam', beta1=0.9, beta2=0.95, eps=1e-8,
         adamw_lr_scale=1.0, damping_schedule='constant' | 'lm' (Levenberg-Marquardt, Martens & Grosse 2015 section
         6.5: after step(), call adapt_damping(model, batches) with the step's micro-batches every
-        damping_update_freq=5 steps; the rule and its caveat are in optim/levenberg_marquardt.py).
+        damping_update_freq=5 steps; the rule and its caveat are in optim/levenberg_marquardt.py),
+        kfac_approx='expand' (every token a sample) | 'reduce' (a sequence a sample: optim/capture.py).
 
     A plain loss.backward(), then step(), as with any torch.optim optimizer, is enough for an unscaled mean loss of
     one micro-batch per step; gradient accumulation, fp16 and fisher='sampled' call optimizer.backward(scaled_loss,
@@ -78,13 +79,14 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
                  factor_decay=0.95, factor_update_freq=10, inv_update_freq=10, kl_clip=None, fisher='empirical',
                  exclude='', max_factor_dim=4096, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5):
+                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5, kfac_approx='expand'):
         if not (isinstance(damping, (int, float)) and damping > 0 and math.isfinite(damping)):
             raise ValueError(f"damping must be a finite number > 0, got {damping!r}")
         for arg, value, known in [('fisher', fisher, ('empirical', 'sampled')),
                                   ('damping_mode', damping_mode, ('absolute', 'relative')),
                                   ('grafting', grafting, ('none', 'adam')),
-                                  ('damping_schedule', damping_schedule, ('constant', 'lm'))]:
+                                  ('damping_schedule', damping_schedule, ('constant', 'lm')),
+                                  ('kfac_approx', kfac_approx, ('expand', 'reduce'))]:
             if value not in known:
                 raise ValueError(f"unknown {arg} {value!r}; known: {', '.join(known)}")
         if kl_clip is not None and not (isinstance(kl_clip, (int, float)) and kl_clip > 0):
@@ -121,8 +123,9 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         dtypes = {name: torch.float64 if m.weight.dtype == torch.float64 else torch.float32
                   for name, m in self.modules_.items()}
         logits = logits_module(model, self.logits_module) if self.logits_grad else None
+        self.kfac_approx = kfac_approx
         self.capture = FactorCapture(self.modules_ if self.hooked else {}, self.statistic, dtypes, self.keep_rows,
-                                     logits)
+                                     logits, reduce=kfac_approx == 'reduce')
         self.timer = self.capture.timer
         self.layer_state = {name: {} for name in self.modules_}  # factors, decompositions, buffers per layer
         self.steps, self.skipped_steps, self.decomp_retries, self._steps_since_log = 0, 0, 0, 0

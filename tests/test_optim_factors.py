@@ -48,11 +48,11 @@ def draw_like_optimizer(seed):
     return draw
 
 
-def curvlinops_factors(model, layer_names, X, Y, fisher, prefix=''):
+def curvlinops_factors(model, layer_names, X, Y, fisher, prefix='', kfac_approx='expand'):
     from curvlinops import KFACLinearOperator
     params = [p for n in layer_names for p in model.get_submodule(prefix + n).parameters()]
     op = KFACLinearOperator(model, nn.CrossEntropyLoss(), params, [(X, Y)], fisher_type=dict(
-        empirical='empirical', sampled='mc')[fisher], kfac_approx='expand', num_per_example_loss_terms=Y.shape[1],
+        empirical='empirical', sampled='mc')[fisher], kfac_approx=kfac_approx, num_per_example_loss_terms=Y.shape[1],
         separate_weight_and_bias=False, num_data=Y.shape[0], check_deterministic=False)
     op.draw_label = draw_like_optimizer(7)
     op.compute_kronecker_factors()
@@ -79,14 +79,18 @@ def assert_factors_close(mine, ref):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14, msg=lambda m: f'{name}.{f}: {m}')
 
 
+@pytest.mark.parametrize('approx', ['expand', 'reduce'])
 @pytest.mark.parametrize('fisher', FISHERS)
-def test_gpt_factors_match_curvlinops(fisher):
+def test_gpt_factors_match_curvlinops(fisher, approx):
+    """Both settings against curvlinops' KFACType.EXPAND and .REDUCE (reduce: a sequence's mean input and its
+    output gradients' sum / sqrt(T), optim/capture.py)."""
     pytest.importorskip('curvlinops')
     gpt, (X, Y) = tiny_gpt(), tokens()
-    opt = build_optimizer('kfac', gpt, fisher=fisher, **EXACT)
+    opt = build_optimizer('kfac', gpt, fisher=fisher, kfac_approx=approx, **EXACT)
     mine = capture(opt, lambda: gpt(X, Y))
     ref_model = LogitsFirst(gpt, lambda net, idx: net(idx, torch.zeros_like(idx))[0])
-    assert_factors_close(mine, curvlinops_factors(ref_model, list(mine), X, Y, fisher, prefix='net.'))
+    assert_factors_close(mine, curvlinops_factors(ref_model, list(mine), X, Y, fisher, prefix='net.',
+                                                  kfac_approx=approx))
 
 
 class MLP(nn.Module):
@@ -101,7 +105,7 @@ class MLP(nn.Module):
         return self.fc3(torch.tanh(self.fc2(self.act(self.fc1(x)))))
 
 
-def mlp_factors(fisher, inplace):
+def mlp_factors(fisher, inplace, approx='expand'):
     torch.manual_seed(0)
     mlp = MLP(inplace).double()
     X, Y = torch.randn(3, 4, 5, dtype=torch.float64), torch.randint(0, 4, (3, 4))
@@ -109,16 +113,19 @@ def mlp_factors(fisher, inplace):
     def forward():
         logits = mlp(X)
         return logits, F.cross_entropy(logits.reshape(-1, 4), Y.reshape(-1))
-    return capture(build_optimizer('kfac', mlp, fisher=fisher, **EXACT), forward), (mlp, X, Y)
+    opt = build_optimizer('kfac', mlp, fisher=fisher, kfac_approx=approx, **EXACT)
+    return capture(opt, forward), (mlp, X, Y)
 
 
+@pytest.mark.parametrize('approx', ['expand', 'reduce'])
 @pytest.mark.parametrize('fisher', FISHERS)
-def test_mlp_factors_match_curvlinops(fisher):
+def test_mlp_factors_match_curvlinops(fisher, approx):
     pytest.importorskip('curvlinops')
-    mine, (mlp, X, Y) = mlp_factors(fisher, inplace=False)
+    mine, (mlp, X, Y) = mlp_factors(fisher, inplace=False, approx=approx)
     assert set(mine) == {'fc1', 'fc2', 'fc3'}
     ref_model = LogitsFirst(mlp, lambda net, x: net(x))
-    assert_factors_close(mine, curvlinops_factors(ref_model, list(mine), X, Y, fisher, prefix='net.'))
+    assert_factors_close(mine, curvlinops_factors(ref_model, list(mine), X, Y, fisher, prefix='net.',
+                                                  kfac_approx=approx))
 
 
 @pytest.mark.parametrize('fisher', FISHERS)
@@ -298,3 +305,21 @@ def test_bfloat16_autocast_gives_float32_factors(fisher):
     factors = capture(opt, forward)
     assert len(factors) == 4
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for f in factors.values() for t in f)
+
+
+def test_reduce_keeps_one_row_per_sequence_and_refuses_what_needs_tokens():
+    """kfac_approx='reduce' captures N = B rows, not M = B T: the rows a method keeps (EKFAC's) are the sequences',
+    and the factors their means; iEF and iEKFAC, built on per-token rows, refuse it; a typo names the choices."""
+    gpt, (X, Y) = tiny_gpt(), tokens()  # B = 3 sequences of T = 5 tokens
+    opt = build_optimizer('ekfac', gpt, kfac_approx='reduce', **EXACT)
+    gpt(X, Y)[1].backward()
+    factors = opt.capture.take()
+    for name, (a, g) in opt.capture.rows.items():
+        assert a.shape[0] == g.shape[0] == 3
+        torch.testing.assert_close(factors[name][0], a.T @ a / 3, rtol=1e-12, atol=0)
+        torch.testing.assert_close(factors[name][1], g.T @ g / 3, rtol=1e-12, atol=0)
+    for name in ('ief', 'iekfac'):
+        with pytest.raises(ValueError, match="kfac_approx must be 'expand'"):
+            build_optimizer(name, tiny_gpt(), kfac_approx='reduce')
+    with pytest.raises(ValueError, match='unknown kfac_approx'):
+        build_optimizer('kfac', tiny_gpt(), kfac_approx='reduced')
