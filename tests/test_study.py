@@ -620,6 +620,7 @@ def test_study_files_name_real_configs_and_globals(study_file, monkeypatch):
     names = [study.run_name(spec, overrides) for spec, overrides in specs]
     for key in ('reference', 'ladder', 'target_loss'):
         assert not isinstance(settings.get(key), str) or settings[key] in names, key
+    assert all(other in names for other in settings.get('compare_to', [])), settings.get('compare_to')
     assert all(isinstance(s, int) for s in settings.get('seeds', []))
     assert all(isinstance(k, (int, float)) and k >= 1 for k in settings.get('ladder_budgets', []))
     grid = study.parse_tune(settings.get('tune', []))
