@@ -2,8 +2,8 @@
 What every Kronecker-factored optimizer (KFAC, Fixed Fisher, EVA, ...) shares: KroneckerOptimizer, a
 torch.optim.Optimizer that owns the schedule, the factors' running averages, momentum, weight decay, KL clipping,
 grafting, the NaN guard, AdamW for the parameters it does not precondition, state_dict and diagnostics, on the factors
-of optim/capture.py (its FactorCapture; the conventions are in its docstring and DESIGN.md) and with
-Levenberg-Marquardt damping from optim/levenberg_marquardt.py.
+of optim/capture.py (its FactorCapture; the conventions are in its docstring and DESIGN.md), with
+Levenberg-Marquardt damping from optim/levenberg_marquardt.py and its checkpoints in optim/kronecker_state.py.
 
 One way to plug in a method: subclass KroneckerOptimizer (or optim/eigenbasis.py's EigenbasisOptimizer), take its
 own knobs in __init__(model, <own knobs>, **shared) and pass **shared on, and write its math, per layer, in the
@@ -20,10 +20,11 @@ import torch
 from optim.adamw import adamw_for_the_rest, closure_loss
 from optim.capture import FactorCapture, logits_module, outer, split_layers, unwrap
 from optim.distributed import MODES, Ranks, world
+from optim.kronecker_state import KroneckerState
 from optim.levenberg_marquardt import adapt_damping
 
 
-class KroneckerOptimizer(torch.optim.Optimizer):
+class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
     """Base of the Kronecker-factored optimizers. Per step, for each preconditioned nn.Linear (bias as the last
     column of V, see the module docstring):
         on factor-update steps:  A <- decay A + (1 - decay) A_new, same for G (the first update sets A = A_new)
@@ -56,8 +57,9 @@ class KroneckerOptimizer(torch.optim.Optimizer):
 
     Under DDP (torchrun; build the optimizer on the unwrapped model, after init_process_group) the factors are
     averaged over ranks on factor-update steps and each layer's decomposition runs on one rank: the attribute
-    distribute = 'decomposition' (default) | 'gradient' | 'none' says what is broadcast (optim/distributed.py). With
-    'gradient', call consolidate_state_dict() on every rank before rank 0's state_dict().
+    distribute = 'decomposition' (default: the owner broadcasts its decomposition) | 'gradient' (it keeps it and
+    broadcasts the preconditioned gradient each step) | 'none' (every rank decomposes every layer) says what is
+    broadcast (optim/distributed.py). Checkpoints and diagnostics: optim/kronecker_state.py.
 
     Caveats:
     - Under torch.compile, factor-update steps break the graph at each hooked layer (the hooks run eagerly) and
@@ -80,8 +82,6 @@ class KroneckerOptimizer(torch.optim.Optimizer):
                  factor_decay=0.95, factor_update_freq=10, inv_update_freq=10, kl_clip=None, fisher='empirical',
                  exclude='', max_factor_dim=4096, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
                  adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5, kfac_approx='expand'):
-        if not (isinstance(damping, (int, float)) and damping > 0 and math.isfinite(damping)):
-            raise ValueError(f"damping must be a finite number > 0, got {damping!r}")
         for arg, value, known in [('fisher', fisher, ('empirical', 'sampled')),
                                   ('damping_mode', damping_mode, ('absolute', 'relative')),
                                   ('grafting', grafting, ('none', 'adam')),
@@ -89,16 +89,17 @@ class KroneckerOptimizer(torch.optim.Optimizer):
                                   ('kfac_approx', kfac_approx, ('expand', 'reduce'))]:
             if value not in known:
                 raise ValueError(f"unknown {arg} {value!r}; known: {', '.join(known)}")
-        if kl_clip is not None and not (isinstance(kl_clip, (int, float)) and kl_clip > 0):
-            raise ValueError(f"kl_clip must be > 0 or None (no clipping), got {kl_clip!r}")
-        if not 0 <= factor_decay < 1:
-            raise ValueError(f"factor_decay must be in [0, 1), got {factor_decay!r}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        for arg, value in [('factor_update_freq', factor_update_freq), ('inv_update_freq', inv_update_freq),
-                           ('max_factor_dim', max_factor_dim), ('damping_update_freq', damping_update_freq)]:
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+        number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+        for arg, value, ok, need in [
+                ('damping', damping, number(damping) and 0 < damping < math.inf, 'a finite number > 0'),
+                ('kl_clip', kl_clip, kl_clip is None or number(kl_clip) and kl_clip > 0, '> 0 or None (no clipping)'),
+                ('factor_decay', factor_decay, number(factor_decay) and 0 <= factor_decay < 1, 'in [0, 1)'),
+                ('momentum', momentum, number(momentum) and 0 <= momentum < 1, 'in [0, 1)'),
+                *[(k, v, isinstance(v, int) and v >= 1, 'an int >= 1') for k, v in [
+                    ('factor_update_freq', factor_update_freq), ('inv_update_freq', inv_update_freq),
+                    ('max_factor_dim', max_factor_dim), ('damping_update_freq', damping_update_freq)]]]:
+            if not ok:
+                raise ValueError(f"{arg} must be {need}, got {value!r}")
         self.damping, self.damping_mode, self.factor_decay = float(damping), damping_mode, factor_decay
         self.factor_update_freq, self.inv_update_freq = factor_update_freq, inv_update_freq
         self.kl_clip, self.fisher, self.grafting, self.eps = kl_clip, fisher, grafting, eps
@@ -148,9 +149,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
 
     @property
     def distribute(self):
-        """Under DDP: 'decomposition' (each layer's owner rank computes its decomposition and broadcasts it),
-        'gradient' (the owner keeps it and broadcasts the preconditioned gradient each step) or 'none' (every rank
-        computes every decomposition). Factors are all-reduced in every mode. See optim/distributed.py."""
+        """Under DDP, what each layer's owner rank broadcasts: 'decomposition', 'gradient' or 'none' (see the
+        class docstring and optim/distributed.py)."""
         return self._distribute
 
     @distribute.setter
@@ -372,72 +372,6 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         v = st['exp_avg_sq'] = st['exp_avg_sq'].lerp_(V * V, 1 - b2) if 'exp_avg_sq' in st else (1 - b2) * V * V
         adam = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + self.eps)
         return U * (adam.norm() / U.norm().clamp_min(1e-30))
-
-    def diagnostics(self):
-        """Flat floats for the train log. damping: lambda (the configured one, or the adapted one with
-        damping_schedule='lm', then also lm_ratio: the last reduction ratio); damping_eff: the mean over layers of the
-        lambda in use (differs in 'relative' mode); kl_nu: the last step's KL-clip factor (1: no clipping);
-        update_grad_ratio: ||U|| / ||V|| over all preconditioned layers after grafting and clipping, before
-        momentum; skipped_steps, decomp_retries, decomp_shifts: counts since the start; ms_factors (hooks, sampled
-        backward, running averages), ms_decomp, ms_precond (preconditioning, clipping, the weight update): mean ms per
-        step since the last call."""
-        n = max(self._steps_since_log, 1)
-        ms = self.timer.read()
-        lams = [st['damping_eff'] for st in self.layer_state.values() if 'damping_eff' in st]
-        out = dict(damping=self.damping, damping_eff=float(sum(float(x) for x in lams) / len(lams)) if lams else
-                   self.damping, kl_nu=float(self._nu), update_grad_ratio=float(self._ratio),
-                   skipped_steps=float(self.skipped_steps), decomp_retries=float(self.decomp_retries),
-                   decomp_shifts=float(self.decomp_shifts))
-        if self.damping_schedule == 'lm':  # the last reduction ratio (NaN before the first)
-            out['lm_ratio'] = float(self.lm_ratio)
-        out.update({f'ms_{k}': ms.get(k, 0.0) / n for k in ('factors', 'decomp', 'precond')})
-        if self.ranks is not None:  # under DDP: comm_mb, this rank's MB all-reduced or broadcast per step (payload;
-            # DDP's gradient all-reduce is not counted), ms_comm its time (within ms_factors/decomp/precond), and
-            # decompositions, this rank's update_decomposition calls since the start
-            out.update(comm_mb=(self.ranks.comm_bytes + self.capture.comm_bytes) / 2**20 / n,
-                       ms_comm=ms.get('comm', 0.0) / n, decompositions=float(self.decompositions))
-            self.ranks.comm_bytes = self.capture.comm_bytes = 0
-        self._steps_since_log = 0
-        return out
-
-    # ---- checkpoints ----
-
-    def consolidate_state_dict(self):
-        """Under DDP with distribute='gradient', call on every rank before rank 0's state_dict() (as for torch's
-        ZeroRedundancyOptimizer): rank 0 then gets the state of the layers that other ranks own. Else a no-op."""
-        if self.ranks is not None and self.ranks.mode == 'gradient':
-            self._consolidated = self.ranks.consolidate(self)
-
-    def state_dict(self):
-        sd = super().state_dict()  # param groups and AdamW's state
-        layers = {name: dict(st) for name, st in self.layer_state.items()}
-        if self.ranks is not None and self.ranks.mode == 'gradient':  # other ranks' layers, as consolidated
-            layers, self._consolidated = self.ranks.saved_layers(self, layers, self._consolidated), None
-        sd['kronecker'] = dict(steps=self.steps, skipped_steps=self.skipped_steps, decomp_retries=self.decomp_retries,
-                               decomp_shifts=self.decomp_shifts,
-                               layers=layers, damping=self.damping, lm_ratio=self.lm_ratio)
-        return sd
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        kron = state_dict.pop('kronecker', None)
-        if kron is None:
-            raise ValueError(f"not a {type(self).__name__} state_dict (it has no 'kronecker' entry)")
-        saved = [g.get('name') for g in state_dict['param_groups'] if g.get('kind') == 'kronecker']
-        if saved != list(self.modules_) or set(kron['layers']) != set(self.modules_):
-            raise ValueError(f"state_dict preconditions layers {saved}, this optimizer {list(self.modules_)}")
-        super().load_state_dict(state_dict)
-        self._link_adamw()
-        self.steps, self.skipped_steps = kron['steps'], kron['skipped_steps']
-        self.decomp_retries, self.decomp_shifts = kron['decomp_retries'], kron.get('decomp_shifts', 0)
-        if self.damping_schedule == 'lm':  # the adapted lambda goes on; with 'constant' the configured one holds
-            self.damping, self.lm_ratio = kron.get('damping', self.damping), kron.get('lm_ratio', float('nan'))
-        for name, st in kron['layers'].items():  # keep the saved dtypes (factors may be wider than the weights)
-            device = self.modules_[name].weight.device
-            if self.ranks is not None and self.ranks.mode == 'gradient' and not self.ranks.owns(name):
-                st = self.ranks.loaded_layer(self, st)
-            self.layer_state[name] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in st.items()}
-        self._arm()
 
 
 def gradient_matrix(group):

@@ -1,0 +1,76 @@
+"""
+What a Kronecker optimizer (optim/kronecker.py) saves, restores and reports: state_dict() and load_state_dict() (the
+factors, decompositions and buffers of every layer, the step counts and an adapted lambda; under DDP with
+distribute='gradient', consolidate_state_dict() first, as for torch's ZeroRedundancyOptimizer), and diagnostics(),
+the flat floats of the train log.
+"""
+
+import torch
+
+
+class KroneckerState:
+    """KroneckerOptimizer's checkpoints and train-log diagnostics (a base class of it; reads its attributes)."""
+
+    def diagnostics(self):
+        """Flat floats for the train log. damping: lambda (the configured one, or the adapted one with
+        damping_schedule='lm', then also lm_ratio: the last reduction ratio); damping_eff: the mean over layers of the
+        lambda in use (differs in 'relative' mode); kl_nu: the last step's KL-clip factor (1: no clipping);
+        update_grad_ratio: ||U|| / ||V|| over all preconditioned layers after grafting and clipping, before
+        momentum; skipped_steps, decomp_retries, decomp_shifts: counts since the start; ms_factors (hooks, sampled
+        backward, running averages), ms_decomp, ms_precond (preconditioning, clipping, the weight update): mean ms per
+        step since the last call."""
+        n = max(self._steps_since_log, 1)
+        ms = self.timer.read()
+        lams = [st['damping_eff'] for st in self.layer_state.values() if 'damping_eff' in st]
+        out = dict(damping=self.damping, damping_eff=float(sum(float(x) for x in lams) / len(lams)) if lams else
+                   self.damping, kl_nu=float(self._nu), update_grad_ratio=float(self._ratio),
+                   skipped_steps=float(self.skipped_steps), decomp_retries=float(self.decomp_retries),
+                   decomp_shifts=float(self.decomp_shifts))
+        if self.damping_schedule == 'lm':  # the last reduction ratio (NaN before the first)
+            out['lm_ratio'] = float(self.lm_ratio)
+        out.update({f'ms_{k}': ms.get(k, 0.0) / n for k in ('factors', 'decomp', 'precond')})
+        if self.ranks is not None:  # under DDP: comm_mb, this rank's MB all-reduced or broadcast per step (payload;
+            # DDP's gradient all-reduce is not counted), ms_comm its time (within ms_factors/decomp/precond), and
+            # decompositions, this rank's update_decomposition calls since the start
+            out.update(comm_mb=(self.ranks.comm_bytes + self.capture.comm_bytes) / 2**20 / n,
+                       ms_comm=ms.get('comm', 0.0) / n, decompositions=float(self.decompositions))
+            self.ranks.comm_bytes = self.capture.comm_bytes = 0
+        self._steps_since_log = 0
+        return out
+
+    def consolidate_state_dict(self):
+        """Under DDP with distribute='gradient', call on every rank before rank 0's state_dict() (as for torch's
+        ZeroRedundancyOptimizer): rank 0 then gets the state of the layers that other ranks own. Else a no-op."""
+        if self.ranks is not None and self.ranks.mode == 'gradient':
+            self._consolidated = self.ranks.consolidate(self)
+
+    def state_dict(self):
+        sd = super().state_dict()  # param groups and AdamW's state
+        layers = {name: dict(st) for name, st in self.layer_state.items()}
+        if self.ranks is not None and self.ranks.mode == 'gradient':  # other ranks' layers, as consolidated
+            layers, self._consolidated = self.ranks.saved_layers(self, layers, self._consolidated), None
+        sd['kronecker'] = dict(steps=self.steps, skipped_steps=self.skipped_steps, decomp_retries=self.decomp_retries,
+                               decomp_shifts=self.decomp_shifts,
+                               layers=layers, damping=self.damping, lm_ratio=self.lm_ratio)
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        kron = state_dict.pop('kronecker', None)
+        if kron is None:
+            raise ValueError(f"not a {type(self).__name__} state_dict (it has no 'kronecker' entry)")
+        saved = [g.get('name') for g in state_dict['param_groups'] if g.get('kind') == 'kronecker']
+        if saved != list(self.modules_) or set(kron['layers']) != set(self.modules_):
+            raise ValueError(f"state_dict preconditions layers {saved}, this optimizer {list(self.modules_)}")
+        super().load_state_dict(state_dict)
+        self._link_adamw()
+        self.steps, self.skipped_steps = kron['steps'], kron['skipped_steps']
+        self.decomp_retries, self.decomp_shifts = kron['decomp_retries'], kron.get('decomp_shifts', 0)
+        if self.damping_schedule == 'lm':  # the adapted lambda goes on; with 'constant' the configured one holds
+            self.damping, self.lm_ratio = kron.get('damping', self.damping), kron.get('lm_ratio', float('nan'))
+        for name, st in kron['layers'].items():  # keep the saved dtypes (factors may be wider than the weights)
+            device = self.modules_[name].weight.device
+            if self.ranks is not None and self.ranks.mode == 'gradient' and not self.ranks.owns(name):
+                st = self.ranks.loaded_layer(self, st)
+            self.layer_state[name] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in st.items()}
+        self._arm()
