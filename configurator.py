@@ -5,8 +5,9 @@
 #
 # runs config/override_file.py, then sets batch_size = 32. The keys are the script's `config_keys` (else its globals
 # of plain types). Both kinds of override may only set known keys (a typo is an error that suggests the nearest one)
-# and must keep the default's type: an int is accepted for a float, and a key whose default is None (off, or the
-# method's own choice) takes None, a number or a string. Anything else is an error that names the key. -h or --help prints the script's docstring and its keys with their defaults and comments.
+# and must keep the default's type: an int is accepted for a float, a float key also takes None (off, where the
+# script allows it, as train.py's grad_clip), and a key whose default is None (off, or the method's own choice) takes
+# None, a number or a string. Anything else is an error that names the key. -h or --help prints the script's docstring and its keys with their defaults and comments.
 # (Comments, not a docstring: a docstring here would replace the script's __doc__ when exec'd in its globals.)
 
 import builtins
@@ -31,6 +32,8 @@ def _checked(key, value, defaults):
         return value
     if type(old) is float and type(value) is int:
         return float(value)
+    if type(old) is float and value is None:  # off, where the script allows it (train.py: grad_clip; it checks)
+        return value
     raise TypeError(f"config key {key!r} must be {type(old).__name__} like its default {old!r}, "
                     f"got {type(value).__name__} {value!r}")
 

@@ -90,6 +90,9 @@ fisher = 'empirical'  # 'empirical' (training labels) or 'sampled' (labels drawn
 exclude = ''  # comma-separated module names left to AdamW
 max_factor_dim = 4096  # layers with a wider factor are left to AdamW
 kfac_approx = 'expand'  # Kronecker factors: 'expand' (every token a sample) or 'reduce' (every sequence one)
+step_rule = 'lr'  # 'lr' or 'quadratic' (step size and momentum from the quadratic model; lr only caps the size)
+adamw_lr_scale = 1.0  # Kronecker optimizers: the lr of their AdamW part (embeddings, norms) relative to learning_rate
+step_rule_freq = 1  # 'quadratic': iterations between solves of α, μ (reused in between)
 eigen_refresh = 'none'  # eigenbasis methods: 'none' or 'qr' (one power iteration + QR between eigendecompositions)
 grafting = 'none'  # 'none' or 'adam': each layer's update rescaled to the norm of AdamW's
 cross_terms = 0.0  # fixed_fisher: γ in [0, 1], the share of KFAC's cross terms put back (0: Fixed Fisher, 1: KFAC)
@@ -136,6 +139,9 @@ except (ValueError, TypeError, FileNotFoundError) as e:
 config = {k: globals()[k] for k in config_keys}  # logged, and saved in checkpoints
 # -----------------------------------------------------------------------------
 
+for key in config_keys:  # None is "off" for the float keys that say so; the others need their number
+    if globals()[key] is None and type(config_defaults[key]) is float and key != 'grad_clip':
+        config_error(f"bad config value {key}=None (only grad_clip takes None among the number keys)")
 for key, ok in [('init_from', init_from in ('scratch', 'resume')), ('dtype', dtype in ('float32', 'bfloat16', 'float16')),
                 ('max_iters', max_iters >= 0), ('eval_interval', eval_interval > 0), ('log_interval', log_interval > 0),
                 ('eval_iters', eval_iters > 0), ('gradient_accumulation_steps', gradient_accumulation_steps > 0),
@@ -568,11 +574,14 @@ while True:
     if grad_clip is not None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    step_batches = lambda: [get_batch('train', 0, iter_num, ddp_rank * gradient_accumulation_steps + m)  # noqa: E731
+                            for m in range(gradient_accumulation_steps)]  # this rank's micro-batches of this step
+    if getattr(optimizer, 'needs_batches', False):  # step_rule='quadratic': α, μ from the model on the step's batches
+        optimizer.set_quadratic_batches(raw_model, step_batches())
     scaler.step(optimizer)
     scaler.update()
     if getattr(optimizer, 'lm_pending', False):  # damping_schedule='lm': the step's reduction ratio adapts λ
-        optimizer.adapt_damping(raw_model, [get_batch('train', 0, iter_num, ddp_rank * gradient_accumulation_steps + m)
-                                            for m in range(gradient_accumulation_steps)])
+        optimizer.adapt_damping(raw_model, step_batches())
     optimizer.zero_grad(set_to_none=True)
     t2 = clock()
     phase_s['fwd_bwd'] += t1 - t0

@@ -248,7 +248,7 @@ class Ranks:
     def loaded_layer(self, opt, st):
         """'gradient' mode, load_state_dict(): another rank decomposes and preconditions this layer; keep what
         step() uses here."""
-        keep = opt.factor_names + ('momentum_buffer', 'exp_avg', 'exp_avg_sq', 'decomposed')
+        keep = opt.factor_names + ('momentum_buffer', 'exp_avg', 'exp_avg_sq', 'decomposed', 'qm_update')
         return {k: v for k, v in st.items() if k in keep}
 
     def precondition(self, opt, active):

@@ -63,7 +63,7 @@ class DyKAF(KroneckerOptimizer):
     hooked = False
     factor_names = ('R', 'L')
     unused = ('momentum', 'damping', 'damping_mode', 'fisher', 'damping_schedule', 'damping_update_freq',
-              'kfac_approx')
+              'kfac_approx', 'step_rule', 'step_rule_freq')
 
     def __init__(self, model, second_moment='full', **shared):  # shared: KroneckerOptimizer's, less `unused`
         if second_moment not in ('full', 'factored'):

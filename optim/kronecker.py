@@ -22,6 +22,7 @@ from optim.capture import FactorCapture, logits_module, outer, split_layers, unw
 from optim.distributed import MODES, Ranks, world
 from optim.kronecker_state import KroneckerState
 from optim.levenberg_marquardt import adapt_damping
+from optim.quadratic_step import quadratic_step
 
 
 class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
@@ -47,7 +48,9 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
         adamw_lr_scale=1.0, damping_schedule='constant' | 'lm' (Levenberg-Marquardt, Martens & Grosse 2015 section
         6.5: after step(), call adapt_damping(model, batches) with the step's micro-batches every
         damping_update_freq=5 steps; the rule and its caveat are in optim/levenberg_marquardt.py),
-        kfac_approx='expand' (every token a sample) | 'reduce' (a sequence a sample: optim/capture.py).
+        kfac_approx='expand' (every token a sample) | 'reduce' (a sequence a sample: optim/capture.py),
+        step_rule='lr' | 'quadratic' (alpha, mu from the quadratic model, Martens & Grosse section 7: lr only caps
+        alpha; needs set_quadratic_batches before each solving step; optim/quadratic_step.py), step_rule_freq=1.
 
     A plain loss.backward(), then step(), as with any torch.optim optimizer, is enough for an unscaled mean loss of
     one micro-batch per step; gradient accumulation, fp16 and fisher='sampled' call optimizer.backward(scaled_loss,
@@ -81,12 +84,14 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
     def __init__(self, model, lr=1e-3, weight_decay=0.1, momentum=0.9, damping=1e-3, damping_mode='absolute',
                  factor_decay=0.95, factor_update_freq=10, inv_update_freq=10, kl_clip=None, fisher='empirical',
                  exclude='', max_factor_dim=4096, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
-                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5, kfac_approx='expand'):
+                 adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5, kfac_approx='expand',
+                 step_rule='lr', step_rule_freq=1):
         for arg, value, known in [('fisher', fisher, ('empirical', 'sampled')),
                                   ('damping_mode', damping_mode, ('absolute', 'relative')),
                                   ('grafting', grafting, ('none', 'adam')),
                                   ('damping_schedule', damping_schedule, ('constant', 'lm')),
-                                  ('kfac_approx', kfac_approx, ('expand', 'reduce'))]:
+                                  ('kfac_approx', kfac_approx, ('expand', 'reduce')),
+                                  ('step_rule', step_rule, ('lr', 'quadratic'))]:
             if value not in known:
                 raise ValueError(f"unknown {arg} {value!r}; known: {', '.join(known)}")
         number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
@@ -97,7 +102,10 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
                 ('momentum', momentum, number(momentum) and 0 <= momentum < 1, 'in [0, 1)'),
                 *[(k, v, isinstance(v, int) and v >= 1, 'an int >= 1') for k, v in [
                     ('factor_update_freq', factor_update_freq), ('inv_update_freq', inv_update_freq),
-                    ('max_factor_dim', max_factor_dim), ('damping_update_freq', damping_update_freq)]]]:
+                    ('max_factor_dim', max_factor_dim), ('damping_update_freq', damping_update_freq),
+                    ('step_rule_freq', step_rule_freq)]],
+                ('step_rule', step_rule, step_rule == 'lr' or (grafting == 'none' and kl_clip is None),
+                 "'lr' with grafting or kl_clip (the quadratic model sets the step's length)")]:
             if not ok:
                 raise ValueError(f"{arg} must be {need}, got {value!r}")
         self.damping, self.damping_mode, self.factor_decay = float(damping), damping_mode, factor_decay
@@ -106,6 +114,8 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
         self.betas = (beta1, beta2)
         self.damping_schedule, self.damping_update_freq = damping_schedule, damping_update_freq
         self.lm_ratio, self._lm_before = float('nan'), None  # the last reduction ratio; the weights before the step
+        self.step_rule, self.step_rule_freq, self.quadratic_batches = step_rule, step_rule_freq, None
+        self.qm_alpha = self.qm_mu = self.qm_predicted = float('nan')  # step_rule='quadratic': the last solve
 
         model = unwrap(model)
         self.modules_, others = split_layers(model, exclude, max_factor_dim)
@@ -337,7 +347,9 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
                     self._nu = nu
                 self._ratio = (torch.stack([U.square().sum() for U in Us]).sum().sqrt() /
                                torch.stack([V.square().sum() for *_, V in active]).sum().sqrt().clamp_min(1e-30))
-                for (group, st, _), U in zip(active, Us):
+                if self.step_rule == 'quadratic':  # alpha, mu from the quadratic model (optim/quadratic_step.py)
+                    quadratic_step(self, active, Us)
+                for (group, st, _), U in zip(active, Us if self.step_rule == 'lr' else []):
                     if group['momentum']:
                         if 'momentum_buffer' in st:
                             U = st['momentum_buffer'].mul_(group['momentum']).add_(U)
@@ -355,6 +367,16 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
         self._steps_since_log += 1
         self._arm()
         return loss
+
+    @property
+    def needs_batches(self):
+        """True before a step() that solves the quadratic model (step_rule='quadratic', every step_rule_freq steps):
+        train.py then calls set_quadratic_batches(model, batches) with the step's micro-batches."""
+        return self.step_rule == 'quadratic' and self.steps % self.step_rule_freq == 0
+
+    def set_quadratic_batches(self, model, batches):
+        """The model and the step's [(X, Y)] micro-batches (model(X, Y) -> (logits, loss)) for the next step()."""
+        self.quadratic_batches = (model, batches)
 
     @property
     def lm_pending(self):

@@ -28,6 +28,8 @@ class KroneckerState:
                    decomp_shifts=float(self.decomp_shifts))
         if self.damping_schedule == 'lm':  # the last reduction ratio (NaN before the first)
             out['lm_ratio'] = float(self.lm_ratio)
+        if self.step_rule == 'quadratic':  # the quadratic model's last alpha, mu and predicted change M(delta)
+            out.update(qm_alpha=self.qm_alpha, qm_mu=self.qm_mu, qm_predicted=self.qm_predicted)
         out.update({f'ms_{k}': ms.get(k, 0.0) / n for k in ('factors', 'decomp', 'precond')})
         if self.ranks is not None:  # under DDP: comm_mb, this rank's MB all-reduced or broadcast per step (payload;
             # DDP's gradient all-reduce is not counted), ms_comm its time (within ms_factors/decomp/precond), and
@@ -51,7 +53,8 @@ class KroneckerState:
             layers, self._consolidated = self.ranks.saved_layers(self, layers, self._consolidated), None
         sd['kronecker'] = dict(steps=self.steps, skipped_steps=self.skipped_steps, decomp_retries=self.decomp_retries,
                                decomp_shifts=self.decomp_shifts,
-                               layers=layers, damping=self.damping, lm_ratio=self.lm_ratio)
+                               layers=layers, damping=self.damping, lm_ratio=self.lm_ratio,
+                               qm=(self.qm_alpha, self.qm_mu, self.qm_predicted))
         return sd
 
     def load_state_dict(self, state_dict):
@@ -68,6 +71,7 @@ class KroneckerState:
         self.decomp_retries, self.decomp_shifts = kron['decomp_retries'], kron.get('decomp_shifts', 0)
         if self.damping_schedule == 'lm':  # the adapted lambda goes on; with 'constant' the configured one holds
             self.damping, self.lm_ratio = kron.get('damping', self.damping), kron.get('lm_ratio', float('nan'))
+        self.qm_alpha, self.qm_mu, self.qm_predicted = kron.get('qm', (float('nan'),) * 3)
         for name, st in kron['layers'].items():  # keep the saved dtypes (factors may be wider than the weights)
             device = self.modules_[name].weight.device
             if self.ranks is not None and self.ranks.mode == 'gradient' and not self.ranks.owns(name):

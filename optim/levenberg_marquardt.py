@@ -75,7 +75,7 @@ def adapt_damping(opt, model, batches):
     for group in opt.param_groups:
         if group['kind'] == 'kronecker':
             st, d = opt.layer_state[group['name']], [delta[names[p]] for p in group['params']]
-            lam = float(torch.as_tensor(st.get('damping_eff', opt.damping)).mean())
+            lam = float(torch.as_tensor(st.get('damping_eff', opt.damping), dtype=torch.float64).mean())
             lam_term += lam * sum(float(x.double().square().sum()) for x in d)
     predicted = dh + 0.5 * (dFd + lam_term)
     rho = (h1 - h0) / predicted if predicted != 0 else float('nan')
