@@ -35,6 +35,7 @@ RUNS = {  # id: (optimizer, kwargs, distribute)
     'fixed_fisher-gradient': ('fixed_fisher', KRON, 'gradient'),
     'fixed_fisher-none': ('fixed_fisher', KRON, 'none'),
     'fixed_fisher-lm': ('fixed_fisher', dict(KRON, damping_schedule='lm', damping_update_freq=2), 'decomposition'),
+    'kfac-quadratic': ('kfac', dict(KRON, kl_clip=None, step_rule='quadratic'), 'decomposition'),  # forms averaged
 }
 SAMPLED = ('fixed_fisher', dict(KRON, fisher='sampled'), 'decomposition')  # labels drawn per rank: no reference
 EVERY = {name: (name, optimizer_kwargs(name, KRON), 'decomposition' if hasattr(cls, 'update_decomposition') else None)
@@ -67,6 +68,9 @@ def train_step(net, opt, step, rank=0, world=1):
             else:
                 (loss / MICRO).backward()
         loss_sum += loss.item() / MICRO
+    if getattr(opt, 'needs_batches', False):  # step_rule='quadratic': each rank's micro-batches, as train.py
+        opt.set_quadratic_batches(net, [batches(step, micro, [rank] if world > 1 else range(WORLD))
+                                        for micro in range(MICRO)])
     opt.step()
     if getattr(opt, 'lm_pending', False):  # damping_schedule='lm': each rank's ratio terms, averaged over ranks
         opt.adapt_damping(net, [batches(step, micro, [rank] if world > 1 else range(WORLD)) for micro in range(MICRO)])
