@@ -27,10 +27,10 @@ or --matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --b
 
 import argparse
 import sys
-import time
 
 import torch
 
+from benchmarks.kernels import timeit
 from model import GPT, GPTConfig
 from optim.capture import split_layers
 
@@ -105,14 +105,7 @@ def step_seconds(cost, method, rates):
 def calibrate(sizes=(128, 256, 512)):
     """This machine's rates on the current thread count: float32 matmul, eigh and Cholesky inverse FLOP/s (the
     median over sizes), and the bandwidth of an elementwise update."""
-    def best(fn, reps=5):
-        fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+    best = lambda fn: timeit(fn, cuda=False) / 1e3  # noqa: E731  (seconds: the best of a few runs)
 
     rates = dict(matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[])
     for n in sizes:

@@ -82,6 +82,15 @@ def all_reduce_mean(tensors):
     return nbytes(tensors)
 
 
+def mean_over_ranks(total, count):
+    """total / count, then its mean over DDP's ranks (each rank's own count): sums of per-batch terms -> their mean."""
+    total = total / count
+    if world()[1] > 1:
+        torch.distributed.all_reduce(total)
+        total /= world()[1]
+    return total
+
+
 def all_gather_rows(x):
     """The rows (dim 0) of x of every rank, concatenated in rank order (the same number of rows on every rank)."""
     rank, world_size = world()

@@ -11,7 +11,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from optim.capture import unwrap
-from optim.distributed import world
+from optim.distributed import mean_over_ranks
 
 
 @torch.no_grad()
@@ -38,11 +38,7 @@ def quadratic_model(model, theta0, delta, batches):
             sums += torch.stack([h0.detach(), dh.detach(), dFd, h1.detach()]).double()
     finally:
         model.train(was_training)
-    sums /= len(batches)
-    if world()[1] > 1:
-        torch.distributed.all_reduce(sums)
-        sums /= world()[1]
-    return sums.tolist()
+    return mean_over_ranks(sums, len(batches)).tolist()
 
 
 def levenberg_marquardt(damping, rho, predicted, update_freq):

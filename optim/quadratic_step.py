@@ -22,7 +22,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from optim.capture import unwrap
-from optim.distributed import world
+from optim.distributed import mean_over_ranks
 
 
 @torch.no_grad()
@@ -49,11 +49,7 @@ def fisher_forms(model, params, tangents, batches):
                     out[i, j] = out[j, i] = out[i, j] + ((p * Js[i] * Js[j]).sum(-1) - pJ[i] * pJ[j]).double().mean()
     finally:
         model.train(was_training)
-    out /= len(batches)
-    if world()[1] > 1:
-        torch.distributed.all_reduce(out)
-        out /= world()[1]
-    return out
+    return mean_over_ranks(out, len(batches))
 
 
 def step_sizes(g, C, cap=None):
