@@ -1,17 +1,8 @@
-# fixed_fisher_small's model, data and schedule, with fixed_fisher as Martens & Grosse (2015) ran KFAC: the step size alpha and the
-# momentum mu from the quadratic model on each step's batch (section 7, step_rule='quadratic'), lambda adapted by
-# the Levenberg-Marquardt rule (section 6.5), no grafting, no KL clip, no gradient clipping (the model needs the
-# step's true gradient). The scheduled learning_rate only caps alpha; the AdamW part keeps the small config's lr.
-# Not tuned yet: config/studies/ablations/martens_grosse.py measures it against the grafted config.
-exec(open('config/fixed_fisher_small.py').read())
+# config/kfac_mg_small.py (Martens & Grosse's recipe: alpha and mu from the quadratic model, Levenberg-Marquardt
+# lambda, no grafting, no KL clip, no gradient clipping) with Fixed Fisher's exact damped inverse in place of KFAC's:
+# fixed_fisher_small and kfac_small differ only in the optimizer, so this is the same recipe on the other solve.
+exec(open('config/kfac_mg_small.py').read())
 
-out_dir = 'out-fixed_fisher-mg-small'
-step_rule = 'quadratic'
-step_rule_freq = 1
-damping_schedule = 'lm'
-damping_update_freq = 5
-grafting = 'none'
-kl_clip = None
-grad_clip = None
-adamw_lr_scale = learning_rate  # the AdamW part at the small config's lr (learning_rate below times this)
-learning_rate = 1.0  # caps alpha (warmup and cosine decay shape the cap)
+out_dir = 'out-fixed-fisher-mg-small'
+optimizer = 'fixed_fisher'
+eigen_refresh = 'none'

@@ -182,6 +182,7 @@ def test_eigenbasis_full_denominator_and_non_orthogonal_bases():
     g = torch.Generator().manual_seed(3)
     V, P_G, P_A = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((33, 17), (33, 33), (17, 17)))
     D = torch.rand(33, 17, generator=g, dtype=torch.float64) + 0.1
+    V, P_G, P_A, D = (t.float().double() for t in (V, P_G, P_A, D))  # the fp32 inputs, exactly, in fp64
     exact = P_G @ ((P_G.T @ V @ P_A) / D) @ P_A.T
     U = kernels.eigenbasis_precondition(*[t.float().to(DEVICE) for t in (V, P_G, P_A, D)], backend='triton')
     assert rel(U, exact) < 10 * RTOL_FP32  # products of unnormalised random matrices: a few fp32 roundings more
