@@ -5,7 +5,10 @@
 #   python study.py config/studies/ablations/damping.py
 runs = [f'config/{name}_small.py:damping={lam}' for lam in ('1e-3', '1e-2', '1e-1', '1')
         for name in ('kfac', 'fixed_fisher')]
-train_args = ['--min_lr=0.0', '--eval_interval=100', '--log_interval=10']
+train_args = ['--min_lr=0.0', '--eval_interval=100', '--eval_iters=200', '--log_interval=10']
 out_dir = 'out-ablation-damping'
 jobs = 2
-seeds = [1337, 1, 2]  # its conclusion rests on gaps below 0.05: three seeds, paired (the results below are of seed 1337)
+seeds = [1337, 1, 2]  # its conclusion rests on gaps below 0.05: three seeds, paired
+# each Fixed Fisher run is paired with KFAC at its own lambda (the column of that lambda's KFAC run)
+reference = 'kfac_small damping=1e-1'
+compare_to = ['kfac_small damping=1e-3', 'kfac_small damping=1e-2', 'kfac_small damping=1']
