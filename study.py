@@ -52,14 +52,18 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
   --jobs=1               runs at a time (each its own process: with OMP_NUM_THREADS=1, one per core)
   --plot_vs=KEY          also final_val_loss_vs_KEY.png: the runs' final val loss (mean, 95% interval over the seeds)
                          against their override KEY's value, a line per setting of their other overrides
+  --timing=FILE          a timing study's results.json (config/studies/timing_all_small.py: each config alone on the
+                         machine): a run's seconds and ms columns become its iterations times the ms/iter of the
+                         timing row of the same name, so that × seconds does not depend on what ran beside it
+                         (the measured time_s is kept as measured_time_s)
   --rerun=False          a run that already ran to its end with the same arguments (OUT/<run>/run.json, or
                          DIR/runs/<run>/run.json) is read, not run again: extend a grid or add runs and only they
                          run; True reruns all
 
 A study file (config/studies/*.py, config/studies/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
-target_loss, out_dir, jobs, nproc, seeds, reference, compare_to, max_grid_extensions, ladder, ladder_budgets, tune_iters,
-results_dir and plot_vs (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
+target_loss, out_dir, jobs, nproc, seeds, reference, compare_to, max_grid_extensions, ladder, ladder_budgets,
+tune_iters, results_dir, plot_vs and timing (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
 appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
 
 A run's name is its optimizer (or config file) and overrides ("kfac damping=1e-2 learning_rate=1e-3"), its folder
@@ -117,7 +121,7 @@ from plot import BREAKDOWN, finite, median_ms, plot_final_vs, plot_runs, read_re
 here = os.path.dirname(os.path.abspath(__file__))
 ALIASES = {'lr': 'learning_rate'}  # --tune lr=... is the peak learning rate
 STUDY_KEYS = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc', 'seeds', 'reference', 'compare_to',
-              'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir', 'plot_vs'}
+              'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir', 'plot_vs', 'timing'}
 LOG_TAIL = 50  # lines of train.log that summarize reads, and that DIR/runs/<run>/ keeps
 
 # results.md's columns: (header, results.json key, format), in groups; the optional ones are shown when the study
@@ -303,6 +307,29 @@ def speedup(ladder, loss, tokens, seconds):
     return t0 * (t1 / t0) ** f / tokens, (s0 + f * (s1 - s0)) / seconds, None
 
 
+def timing_rows(path, runs):
+    """{run name: its row in the timing study's results.json at path} for every name in runs; a ValueError naming
+    the runs it lacks."""
+    with open(path) as f:
+        rows = {r['name']: r for r in json.load(f)['rows'] if r.get('status') == 'ok' and r.get('ms_per_iter')}
+    missing = [name for name in runs if name not in rows]
+    if missing:
+        raise ValueError(f"--timing={path}: no finished timing run named {', '.join(missing)} (it has {list(rows)})")
+    return rows
+
+
+def retime(row, timed):
+    """A run's row with its seconds and ms columns from its timing row: time_s = iters x ms/iter, seconds to target
+    = steps x ms/iter, the ms breakdown the timing run's (the measured seconds kept as measured_time_s)."""
+    ms = timed['ms_per_iter']
+    row['measured_time_s'] = row['time_s']
+    if row['iters']:
+        row['time_s'] = row['iters'] * ms / 1000
+    if row['steps_to_target']:
+        row['seconds_to_target'] = row['steps_to_target'] * ms / 1000
+    row.update({key: timed.get(key) for key, _ in BREAKDOWN})
+
+
 def summarize(run_dir, returncode, target_loss):
     """One row of the table from a finished run's metrics.jsonl, config.json and train.log."""
     row = dict(status='ok', error=None, final_val_loss=None, best_val_loss=None, final_train_loss=None,
@@ -457,7 +484,7 @@ def write_results(folder, table, results):
 
 def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False,
               seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets=(1, 2, 4),
-              tune_iters=None, results_dir=None, plot_vs=None, compare_to=()):
+              tune_iters=None, results_dir=None, plot_vs=None, compare_to=(), timing=None):
     """Runs every spec over the grid at the first seed (the grid extended beyond an edge its best lies on), then
     its best point at every seed (and the ladder's at every budget), `jobs` at a time; each spec goes on as soon as
     its own trials end. A trial that already ran to its end in its folder (OUT/<run>, or results_dir/runs/<run>)
@@ -476,6 +503,7 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
         runs.append(dict(name=name, optimizer=optimizer, config=config, overrides=overrides,
                          points=[list(p) for p in dict.fromkeys(points)]))
     by_name = {r['name']: r for r in runs}
+    timed = timing_rows(timing, by_name) if timing else {}
     compare_to = [c for c in compare_to if c]
     for setting, value in [('reference', reference), ('ladder', ladder), ('target_loss', target_loss),
                            *[('compare_to', c) for c in compare_to]]:
@@ -617,6 +645,8 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                    tuned=t['tuned'], seed=t['seed'], out_dir=source, returncode=returncode,
                    wall_s=None if reused else time.time() - t0, reused=reused,
                    **summarize(source, returncode, None if isinstance(target_loss, str) else target_loss))
+        if timed:
+            retime(row, timed[t['name']])
         if not reused:
             with open(os.path.join(run_dir, 'run.json'), 'w') as f:
                 json.dump(dict(args=t['args'], nproc=nproc, returncode=returncode, status=row['status']), f)
@@ -638,6 +668,9 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                          f"evaluation's standard error (sd of its batches / √eval_iters), the mean over the seeds. "
                          f"A seed that diverged leaves its run without a mean. The other columns (best val, steps, "
                          f"seconds, ms) are the first seed's run's.")
+        if timing:
+            notes.append(f"Seconds and ms: each run's iterations times the ms/iter its config took alone on the "
+                         f"machine ({timing}), not the time it took here.")
         for other in [reference] * bool(reference) + compare_to:
             notes.append(f"Δ {other}: per seed, the run's final val loss − {other}'s at the same seed; the "
                          f"mean and its 95% CI (Student t) over the seeds; * where the interval leaves out 0.")
@@ -728,7 +761,7 @@ def main(argv):
         return
     opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-study', nproc=1, jobs=1, rerun='False',
                 seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets='1,2,4',
-                tune_iters=None, results_dir=None, plot_vs=None, compare_to='')
+                tune_iters=None, results_dir=None, plot_vs=None, compare_to='', timing=None)
     tunes, train_args = [], []
     argv = list(argv)
     study = [a for a in argv if a.endswith('.py') and os.path.isfile(a) and 'runs' in read_py(a)]
@@ -776,7 +809,7 @@ def main(argv):
                         tune_iters=None if opts['tune_iters'] is None else int(opts['tune_iters']),
                         results_dir=opts['results_dir'], plot_vs=opts['plot_vs'],
                         compare_to=opts['compare_to'].split(',') if isinstance(opts['compare_to'], str)
-                        else list(opts['compare_to']))
+                        else list(opts['compare_to']), timing=opts['timing'])
     print(table)
     print(f"wrote {os.path.join(opts['results_dir'] or opts['out_dir'], 'results.md')}, results.json and the plots")
 

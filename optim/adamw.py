@@ -48,6 +48,16 @@ def adamw_for_the_rest(params, lr, weight_decay, betas, eps, lr_scale):
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
+def adam_graft(st, U, V, betas, eps, t):
+    """U rescaled to the norm of Adam's update at step t (from 1) for a layer of gradient V, with the layer's own Adam
+    moments of V kept in st (exp_avg, exp_avg_sq): grafting = 'adam' of the Kronecker methods."""
+    (b1, b2) = betas
+    m = st['exp_avg'] = st['exp_avg'].lerp_(V, 1 - b1) if 'exp_avg' in st else (1 - b1) * V
+    v = st['exp_avg_sq'] = st['exp_avg_sq'].lerp_(V * V, 1 - b2) if 'exp_avg_sq' in st else (1 - b2) * V * V
+    adam = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    return U * (adam.norm() / U.norm().clamp_min(1e-30))
+
+
 def closure_loss(closure):
     """torch.optim's closure convention: the loss closure() returns, computed with grad enabled; None without one."""
     if closure is None:

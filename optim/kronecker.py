@@ -3,7 +3,8 @@ What every Kronecker-factored optimizer (KFAC, Fixed Fisher, EVA, ...) shares: K
 torch.optim.Optimizer that owns the schedule, the factors' running averages, momentum, weight decay, KL clipping,
 grafting, the NaN guard, AdamW for the parameters it does not precondition, state_dict and diagnostics, on the factors
 of optim/capture.py (its FactorCapture; the conventions are in its docstring and DESIGN.md), with
-Levenberg-Marquardt damping from optim/levenberg_marquardt.py and its checkpoints in optim/kronecker_state.py.
+Levenberg-Marquardt damping from optim/levenberg_marquardt.py, and its checkpoints, diagnostics, NaN guard and the
+checks of its knobs in optim/kronecker_state.py.
 
 One way to plug in a method: subclass KroneckerOptimizer (or optim/eigenbasis.py's EigenbasisOptimizer), take its
 own knobs in __init__(model, <own knobs>, **shared) and pass **shared on, and write its math, per layer, in the
@@ -13,14 +14,12 @@ with the class attributes statistic, keep_rows, logits_grad, hooked, factor_name
 optim/solves.py. Then one line in optim/__init__.py's OPTIMIZERS.
 """
 
-import math
-
 import torch
 
-from optim.adamw import adamw_for_the_rest, closure_loss
+from optim.adamw import adam_graft, adamw_for_the_rest, closure_loss
 from optim.capture import FactorCapture, logits_module, outer, split_layers, unwrap
 from optim.distributed import MODES, Ranks, world
-from optim.kronecker_state import KroneckerState
+from optim.kronecker_state import KroneckerState, check_shared_knobs
 from optim.levenberg_marquardt import adapt_damping
 from optim.quadratic_step import quadratic_step
 
@@ -86,28 +85,11 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
                  exclude='', max_factor_dim=4096, grafting='none', beta1=0.9, beta2=0.95, eps=1e-8,
                  adamw_lr_scale=1.0, damping_schedule='constant', damping_update_freq=5, kfac_approx='expand',
                  step_rule='lr', step_rule_freq=1):
-        for arg, value, known in [('fisher', fisher, ('empirical', 'sampled')),
-                                  ('damping_mode', damping_mode, ('absolute', 'relative')),
-                                  ('grafting', grafting, ('none', 'adam')),
-                                  ('damping_schedule', damping_schedule, ('constant', 'lm')),
-                                  ('kfac_approx', kfac_approx, ('expand', 'reduce')),
-                                  ('step_rule', step_rule, ('lr', 'quadratic'))]:
-            if value not in known:
-                raise ValueError(f"unknown {arg} {value!r}; known: {', '.join(known)}")
-        number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
-        for arg, value, ok, need in [
-                ('damping', damping, number(damping) and 0 < damping < math.inf, 'a finite number > 0'),
-                ('kl_clip', kl_clip, kl_clip is None or number(kl_clip) and kl_clip > 0, '> 0 or None (no clipping)'),
-                ('factor_decay', factor_decay, number(factor_decay) and 0 <= factor_decay < 1, 'in [0, 1)'),
-                ('momentum', momentum, number(momentum) and 0 <= momentum < 1, 'in [0, 1)'),
-                *[(k, v, isinstance(v, int) and v >= 1, 'an int >= 1') for k, v in [
-                    ('factor_update_freq', factor_update_freq), ('inv_update_freq', inv_update_freq),
-                    ('max_factor_dim', max_factor_dim), ('damping_update_freq', damping_update_freq),
-                    ('step_rule_freq', step_rule_freq)]],
-                ('step_rule', step_rule, step_rule == 'lr' or (grafting == 'none' and kl_clip is None),
-                 "'lr' with grafting or kl_clip (the quadratic model sets the step's length)")]:
-            if not ok:
-                raise ValueError(f"{arg} must be {need}, got {value!r}")
+        check_shared_knobs(damping=damping, damping_mode=damping_mode, factor_decay=factor_decay, momentum=momentum,
+                           kl_clip=kl_clip, fisher=fisher, grafting=grafting, damping_schedule=damping_schedule,
+                           kfac_approx=kfac_approx, step_rule=step_rule, factor_update_freq=factor_update_freq,
+                           inv_update_freq=inv_update_freq, max_factor_dim=max_factor_dim,
+                           damping_update_freq=damping_update_freq, step_rule_freq=step_rule_freq)
         self.damping, self.damping_mode, self.factor_decay = float(damping), damping_mode, factor_decay
         self.factor_update_freq, self.inv_update_freq = factor_update_freq, inv_update_freq
         self.kl_clip, self.fisher, self.grafting, self.eps = kl_clip, fisher, grafting, eps
@@ -115,7 +97,8 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
         self.damping_schedule, self.damping_update_freq = damping_schedule, damping_update_freq
         self.lm_ratio, self._lm_before = float('nan'), None  # the last reduction ratio; the weights before the step
         self.step_rule, self.step_rule_freq, self.quadratic_batches = step_rule, step_rule_freq, None
-        self.qm_alpha = self.qm_mu = self.qm_predicted = float('nan')  # step_rule='quadratic': the last solve
+        self.qm_alpha = self.qm_mu = self.qm_predicted = float('nan')  # step_rule='quadratic': the last solve,
+        self.qm_solved_step = None  # and the step it was made at
 
         model = unwrap(model)
         self.modules_, others = split_layers(model, exclude, max_factor_dim)
@@ -256,22 +239,6 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
         A, G = self.factor_names
         return {name: (st[A], st[G]) for name, st in self.layer_state.items() if A in st}
 
-    def _all_finite(self, new):
-        tensors = [p.grad for g in self.param_groups for p in g['params'] if p.grad is not None]
-        tensors += [t for pair in new.values() for t in pair]
-        if not tensors:
-            return True
-        return bool(torch.stack([t.sum().float() for t in tensors]).isfinite().all())  # one sync
-
-    def _skip(self, new):
-        bad = [self.param_names.get(p, '?') + '.grad' for g in self.param_groups for p in g['params']
-               if p.grad is not None and not torch.isfinite(p.grad).all()]
-        bad += [f'{n}.{f}' for n, pair in new.items() for f, t in zip(self.factor_names, pair)
-                if not torch.isfinite(t).all()]
-        self.skipped_steps += 1
-        print(f"{type(self).__name__}: non-finite {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} at step "
-              f"{self.steps}: step skipped ({self.skipped_steps} so far), factors keep their last finite values")
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
@@ -339,7 +306,8 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
                 Us = [self.precondition(st, V) for _, st, V in active] if self.ranks is None else \
                     self.ranks.precondition(self, active)
                 if self.grafting == 'adam':
-                    Us = [self._graft(st, U, V) for (_, st, V), U in zip(active, Us)]
+                    Us = [adam_graft(st, U, V, self.betas, self.eps, self.steps + 1)
+                          for (_, st, V), U in zip(active, Us)]
                 if self.kl_clip is not None:
                     vg = sum(g['lr'] ** 2 * (U * V).sum() for (g, _, V), U in zip(active, Us))
                     nu = torch.where(vg > 0, (self.kl_clip / vg).sqrt(), torch.ones_like(vg)).clamp(max=1.0)
@@ -386,14 +354,6 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
     def adapt_damping(self, model, batches):
         """The Levenberg-Marquardt update of lambda after a step (class docstring; optim/levenberg_marquardt.py)."""
         return adapt_damping(self, model, batches)
-
-    def _graft(self, st, U, V):
-        """U rescaled to the norm of Adam's update for this layer (its own Adam moments of V)."""
-        (b1, b2), t = self.betas, self.steps + 1
-        m = st['exp_avg'] = st['exp_avg'].lerp_(V, 1 - b1) if 'exp_avg' in st else (1 - b1) * V
-        v = st['exp_avg_sq'] = st['exp_avg_sq'].lerp_(V * V, 1 - b2) if 'exp_avg_sq' in st else (1 - b2) * V * V
-        adam = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + self.eps)
-        return U * (adam.norm() / U.norm().clamp_min(1e-30))
 
 
 def gradient_matrix(group):

@@ -2,14 +2,45 @@
 What a Kronecker optimizer (optim/kronecker.py) saves, restores and reports: state_dict() and load_state_dict() (the
 factors, decompositions and buffers of every layer, the step counts and an adapted lambda; under DDP with
 distribute='gradient', consolidate_state_dict() first, as for torch's ZeroRedundancyOptimizer), and diagnostics(),
-the flat floats of the train log.
+the flat floats of the train log; the NaN guard's check and report; and the checks of the shared knobs.
 """
+
+import math
 
 import torch
 
 
+def check_shared_knobs(*, damping, damping_mode, factor_decay, momentum, kl_clip, fisher, grafting, damping_schedule,
+                       kfac_approx, step_rule, factor_update_freq, inv_update_freq, max_factor_dim,
+                       damping_update_freq, step_rule_freq):
+    """A ValueError naming the bad value of a shared knob of KroneckerOptimizer (its docstring says what each is)."""
+    for arg, value, known in [('fisher', fisher, ('empirical', 'sampled')),
+                              ('damping_mode', damping_mode, ('absolute', 'relative')),
+                              ('grafting', grafting, ('none', 'adam')),
+                              ('damping_schedule', damping_schedule, ('constant', 'lm')),
+                              ('kfac_approx', kfac_approx, ('expand', 'reduce')),
+                              ('step_rule', step_rule, ('lr', 'quadratic'))]:
+        if value not in known:
+            raise ValueError(f"unknown {arg} {value!r}; known: {', '.join(known)}")
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    for arg, value, ok, need in [
+            ('damping', damping, number(damping) and 0 < damping < math.inf, 'a finite number > 0'),
+            ('kl_clip', kl_clip, kl_clip is None or number(kl_clip) and kl_clip > 0, '> 0 or None (no clipping)'),
+            ('factor_decay', factor_decay, number(factor_decay) and 0 <= factor_decay < 1, 'in [0, 1)'),
+            ('momentum', momentum, number(momentum) and 0 <= momentum < 1, 'in [0, 1)'),
+            *[(k, v, isinstance(v, int) and v >= 1, 'an int >= 1') for k, v in [
+                ('factor_update_freq', factor_update_freq), ('inv_update_freq', inv_update_freq),
+                ('max_factor_dim', max_factor_dim), ('damping_update_freq', damping_update_freq),
+                ('step_rule_freq', step_rule_freq)]],
+            ('step_rule', step_rule, step_rule == 'lr' or (grafting == 'none' and kl_clip is None),
+             "'lr' with grafting or kl_clip (the quadratic model sets the step's length)")]:
+        if not ok:
+            raise ValueError(f"{arg} must be {need}, got {value!r}")
+
+
 class KroneckerState:
-    """KroneckerOptimizer's checkpoints and train-log diagnostics (a base class of it; reads its attributes)."""
+    """KroneckerOptimizer's checkpoints, train-log diagnostics and NaN guard (a base class of it; reads its
+    attributes)."""
 
     def diagnostics(self):
         """Flat floats for the train log. damping: lambda (the configured one, or the adapted one with
@@ -39,6 +70,26 @@ class KroneckerState:
             self.ranks.comm_bytes = self.capture.comm_bytes = 0
         self._steps_since_log = 0
         return out
+
+    # ---- the NaN guard: a non-finite gradient or new factor skips the step ----
+
+    def _all_finite(self, new):
+        """True iff every gradient and new factor is finite (one host sync)."""
+        tensors = [p.grad for g in self.param_groups for p in g['params'] if p.grad is not None]
+        tensors += [t for pair in new.values() for t in pair]
+        if not tensors:
+            return True
+        return bool(torch.stack([t.sum().float() for t in tensors]).isfinite().all())  # one sync
+
+    def _skip(self, new):
+        """Count and report a skipped step, naming what was not finite."""
+        bad = [self.param_names.get(p, '?') + '.grad' for g in self.param_groups for p in g['params']
+               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        bad += [f'{n}.{f}' for n, pair in new.items() for f, t in zip(self.factor_names, pair)
+                if not torch.isfinite(t).all()]
+        self.skipped_steps += 1
+        print(f"{type(self).__name__}: non-finite {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} at step "
+              f"{self.steps}: step skipped ({self.skipped_steps} so far), factors keep their last finite values")
 
     def consolidate_state_dict(self):
         """Under DDP with distribute='gradient', call on every rank before rank 0's state_dict() (as for torch's

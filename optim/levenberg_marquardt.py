@@ -2,6 +2,10 @@
 Levenberg-Marquardt damping (Martens & Grosse, 2015, section 6.5), for KroneckerOptimizer.adapt_damping: the
 quadratic model of a step delta on some batches, measured exactly, and the rule that moves lambda by its reduction
 ratio rho = (h(theta + delta) - h(theta)) / (grad h^T delta + 1/2 delta^T F delta + 1/2 sum_layers lambda |delta|^2).
+With step_rule='quadratic', on a step that solved for alpha and mu, the model is the one they minimised, as in the
+paper: delta the preconditioned layers' update, M(delta) its predicted change, and h(theta + delta) taken with every
+other parameter at theta (two forwards, no Jacobian-vector product); otherwise delta is the whole step, the model
+measured by one forward-mode pass.
 """
 
 import math
@@ -41,6 +45,20 @@ def quadratic_model(model, theta0, delta, batches):
     return mean_over_ranks(sums, len(batches)).tolist()
 
 
+@torch.no_grad()
+def mean_losses(model, weight_sets, batches):
+    """[h(weights) for weights in weight_sets] ({parameter name: tensor}), each the mean loss over batches (and over
+    DDP's ranks) in eval mode (no dropout, no factor hooks)."""
+    was_training = model.training
+    model.eval()
+    try:
+        sums = torch.stack([sum(functional_call(model, w, (X, Y))[1].double() for X, Y in batches)
+                            for w in weight_sets])
+    finally:
+        model.train(was_training)
+    return mean_over_ranks(sums, len(batches)).tolist()
+
+
 def levenberg_marquardt(damping, rho, predicted, update_freq):
     """lambda <- omega lambda if rho > 3/4, lambda / omega if rho < 1/4, omega = (19/20)^T1, kept in [1e-10, 1e10];
     a rho that is not finite, or a step the model predicts to raise the loss (predicted >= 0), leaves lambda."""
@@ -56,8 +74,8 @@ def levenberg_marquardt(damping, rho, predicted, update_freq):
 @torch.no_grad()
 def adapt_damping(opt, model, batches):
     """The Levenberg-Marquardt update of opt.damping (KroneckerOptimizer's docstring) from the reduction ratio of the
-    last step on batches, a list of (X, Y) with model(X, Y) -> (logits, mean loss); a no-op unless lm_pending. Under DDP every
-    rank passes its own micro-batches: the four sums are averaged over ranks. Returns rho."""
+    last step on batches, a list of (X, Y) with model(X, Y) -> (logits, mean loss); a no-op unless lm_pending.
+    Under DDP every rank passes its own micro-batches: the four sums are averaged over ranks. Returns rho."""
     if opt._lm_before is None:
         return None
     params = [p for g in opt.param_groups for p in g['params']]
@@ -65,15 +83,25 @@ def adapt_damping(opt, model, batches):
     model = unwrap(model)
     names = {p: n for n, p in model.named_parameters()}
     theta0 = {names[p]: p0 for p, p0 in zip(params, before)}
-    delta = {names[p]: (p.detach() - p0).to(p0.dtype) for p, p0 in zip(params, before)}
-    h0, dh, dFd, h1 = quadratic_model(model, theta0, delta, batches)
-    lam_term = 0.0
-    for group in opt.param_groups:
-        if group['kind'] == 'kronecker':
-            st, d = opt.layer_state[group['name']], [delta[names[p]] for p in group['params']]
-            lam = float(torch.as_tensor(st.get('damping_eff', opt.damping), dtype=torch.float64).mean())
-            lam_term += lam * sum(float(x.double().square().sum()) for x in d)
-    predicted = dh + 0.5 * (dFd + lam_term)
+    if opt.step_rule == 'quadratic' and opt.qm_solved_step == opt.steps - 1:  # the step's own quadratic model
+        moved = dict(theta0)
+        for group in opt.param_groups:
+            if group['kind'] == 'kronecker' and 'qm_update' in opt.layer_state[group['name']]:
+                delta, (W, *b) = opt.layer_state[group['name']]['qm_update'], group['params']
+                moved[names[W]] = theta0[names[W]] + delta[:, :W.shape[1]].to(W.dtype)
+                if b:
+                    moved[names[b[0]]] = theta0[names[b[0]]] + delta[:, -1].to(W.dtype)
+        (h0, h1), predicted = mean_losses(model, [theta0, moved], batches), opt.qm_predicted
+    else:
+        delta = {names[p]: (p.detach() - p0).to(p0.dtype) for p, p0 in zip(params, before)}
+        h0, dh, dFd, h1 = quadratic_model(model, theta0, delta, batches)
+        lam_term = 0.0
+        for group in opt.param_groups:
+            if group['kind'] == 'kronecker':
+                st, d = opt.layer_state[group['name']], [delta[names[p]] for p in group['params']]
+                lam = float(torch.as_tensor(st.get('damping_eff', opt.damping), dtype=torch.float64).mean())
+                lam_term += lam * sum(float(x.double().square().sum()) for x in d)
+        predicted = dh + 0.5 * (dFd + lam_term)
     rho = (h1 - h0) / predicted if predicted != 0 else float('nan')
     opt.lm_ratio = rho
     opt.damping = levenberg_marquardt(opt.damping, rho, predicted, opt.damping_update_freq)

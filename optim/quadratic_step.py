@@ -94,6 +94,7 @@ def quadratic_step(opt, active, Us):
             for j, b in enumerate(sets):  # + lambda I, per layer
                 C[i, j] += sum(lam * float((A.double() * B.double()).sum()) for lam, A, B in zip(lams, a, b))
         opt.qm_alpha, opt.qm_mu, opt.qm_predicted = step_sizes(g, C, active[0][0]['lr'])
+        opt.qm_solved_step = opt.steps  # damping_schedule='lm' takes this step's rho from this model
         opt.quadratic_batches = None
     for (group, st, _), D, P in zip(active, directions, previous):
         delta = opt.qm_alpha * D + (opt.qm_mu * P if use_previous else 0)

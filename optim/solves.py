@@ -86,11 +86,11 @@ def kfac_cg_solve(opt, st, V, steps):
 
 
 def robust(opt, fn, M, damping, what):
-    """fn(M, damping) for optimizer opt (an inverse or an eigendecomposition of the factor M, damping >= 0). If it raises or gives
-    non-finite values: again in float64 with the same damping (the same damped Fisher, more precision; counted
-    in decomp_retries, logged); only if that fails too, in float64 with M shifted by a larger damping, 10x plus
-    1e-6 of M's mean diagonal: a different Fisher (for Fixed Fisher a shift of a factor is a cross term), so it
-    is logged as such and counted in decomp_shifts."""
+    """fn(M, damping) for optimizer opt (an inverse or an eigendecomposition of the factor M, damping >= 0). If it
+    raises or gives non-finite values: again in float64 with the same damping (the same damped Fisher, more
+    precision; counted in decomp_retries, logged); only if that fails too, in float64 with M shifted by a larger
+    damping, 10x plus 1e-6 of M's mean diagonal: a different Fisher (for Fixed Fisher a shift of a factor is a cross
+    term), so it is logged as such and counted in decomp_shifts."""
     def attempt(M_, damping_):
         try:
             out = fn(M_, damping_)

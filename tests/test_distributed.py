@@ -36,6 +36,8 @@ RUNS = {  # id: (optimizer, kwargs, distribute)
     'fixed_fisher-none': ('fixed_fisher', KRON, 'none'),
     'fixed_fisher-lm': ('fixed_fisher', dict(KRON, damping_schedule='lm', damping_update_freq=2), 'decomposition'),
     'kfac-quadratic': ('kfac', dict(KRON, kl_clip=None, step_rule='quadratic'), 'decomposition'),  # forms averaged
+    'kfac-mg': ('kfac', dict(KRON, kl_clip=None, step_rule='quadratic', damping_schedule='lm', damping_update_freq=2),
+                'decomposition'),  # rho from the quadratic model's prediction, its losses averaged
 }
 SAMPLED = ('fixed_fisher', dict(KRON, fisher='sampled'), 'decomposition')  # labels drawn per rank: no reference
 EVERY = {name: (name, optimizer_kwargs(name, KRON), 'decomposition' if hasattr(cls, 'update_decomposition') else None)

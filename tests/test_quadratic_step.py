@@ -66,7 +66,7 @@ def as_flat(opt, mats):
 def quadratic_step(opt, model, X, Y):
     """One step with the quadratic rule; returns (directions Delta = -U, flattened; dense g; dense C) at the step's
     weights, and the weight change."""
-    params = preconditioned(opt, model)
+    params, lam = preconditioned(opt, model), opt.damping  # (absolute damping: lambda itself)
     model.eval()  # the quadratic model is taken without dropout (there is none here), as the optimizer takes it
     g, F = dense_model(model, params, X, Y)
     model.train()
@@ -78,7 +78,7 @@ def quadratic_step(opt, model, X, Y):
     opt.step()
     opt.zero_grad()
     U = [opt.precondition(opt.layer_state[g_['name']], V) for g_, V in zip(groups, Vs)]  # this step's decomposition
-    C = F + CFG['damping'] * torch.eye(len(g), dtype=g.dtype)
+    C = F + lam * torch.eye(len(g), dtype=g.dtype)
     return -as_flat(opt, U), g, C, flat_params(params) - before
 
 
@@ -150,3 +150,32 @@ def test_train_logs_alpha_mu_and_the_quadratic_models_prediction(tiny_data, tmp_
     assert len(logged) == 6 and all(r['qm_alpha'] > 0 and r['qm_predicted'] < 0 for r in logged)
     assert logged[0]['qm_mu'] == 0 and any(r['qm_mu'] != 0 for r in logged[1:])
     assert logged[-1]['loss'] < logged[0]['loss']
+
+
+@pytest.mark.parametrize('momentum', [0.0, 0.9])
+def test_lm_takes_rho_from_the_quadratic_model_that_chose_the_step(momentum):
+    """damping_schedule='lm' with the quadratic rule (M&G's pairing): rho = (h(theta + delta) - h(theta)) / M(delta)
+    with delta the preconditioned layers' update (AdamW's parameters left at theta, though they moved), M from the
+    dense g and C; then lambda moves by the rule."""
+    model = tiny_gpt()
+    opt = build_optimizer('kfac', model, momentum=momentum, damping_schedule='lm', damping_update_freq=1,
+                          **dict(CFG, adamw_lr_scale=1e-12))  # AdamW at lr 1e-3: the rest moves too
+    for k in (1, 2):  # the second step has a previous update (mu != 0 with momentum)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        D, g, C, delta = quadratic_step(opt, model, *batch(k))
+        names = [n for n, _ in preconditioned(opt, model)]
+        moved, i = dict(before), 0
+        for n in names:
+            moved[n] = before[n] + delta[i:i + before[n].numel()].view_as(before[n])
+            i += before[n].numel()
+        assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n not in names)
+        model.eval()
+        h0, h1 = (float(functional_call(model, w, batch(k))[1].detach()) for w in (before, moved))
+        model.train()
+        expected = (h1 - h0) / float(g @ delta + 0.5 * delta @ C @ delta)
+        lam = opt.damping
+        rho = opt.adapt_damping(model, [batch(k)])
+        assert rho == pytest.approx(expected, rel=1e-8)
+        assert (opt.qm_mu != 0) == (momentum > 0 and k == 2)
+        omega = 19 / 20
+        assert opt.damping == pytest.approx(lam * omega if rho > 0.75 else lam / omega if rho < 0.25 else lam)

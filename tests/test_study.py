@@ -485,6 +485,26 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
     assert '| < 1.00× | — | < 1.00× |' in lines['| kfac']
     assert '| -0.2000 | [' in table  # muon's interval holds 0: no star
 
+    # --timing: the same runs (read back, none rerun) timed by a timing study's ms/iter (adamw 10 ms as measured,
+    # muon 40 instead of 20): muon's 4 iterations take 0.16 s, adamw's ladder its iterations x 10 ms
+    timing = tmp_path / 'timing.json'
+    timed = [dict(name=n, status='ok', ms_per_iter=ms, ms_fwd_bwd=ms / 2) for n, ms in
+             [('adamw', 10.0), ('muon', 40.0), ('soap', 10.0), ('kfac', 10.0)]]
+    timing.write_text(json.dumps(dict(rows=timed)))
+    calls.clear()
+    study.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', '--seeds=1,2',
+                '--reference=adamw', '--ladder=adamw', f'--timing={timing}'])
+    assert calls == []
+    with open(tmp_path / 'out' / 'results.json') as f:
+        muon = {r['name']: r for r in json.load(f)['rows']}['muon']
+    assert muon['speedup_seconds_per_seed'] == pytest.approx([0.12 / 0.16, 0.07 / 0.16])
+    assert muon['speedup_tokens_per_seed'] == pytest.approx(tokens)  # tokens do not change
+    assert (muon['ms_per_iter'], muon['ms_fwd_bwd'], muon['measured_time_s']) == (40.0, 20.0, pytest.approx(0.08))
+    assert 'not the time it took here' in open(tmp_path / 'out' / 'results.md').read()
+    timing.write_text(json.dumps(dict(rows=timed[:2])))
+    with pytest.raises(ValueError, match='no finished timing run named soap, kfac'):
+        study.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', f'--timing={timing}'])
+
     def rising(args):  # adamw's 2x run ends above its 1x: the ladder uses the running minimum, and says so
         return {4: 2.0, 8: 2.1, 16: 1.7}[int(arg(args, 'max_iters'))] if arg(args, 'optimizer') == 'adamw' else 1.9
 

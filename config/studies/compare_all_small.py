@@ -45,3 +45,6 @@ ladder_budgets = [1, 2, 4]
 target_loss = 'adamw_small'
 out_dir = 'out-compare-all-small'
 jobs = 2  # two runs at a time (train.py on one thread each: OMP_NUM_THREADS=1 for steady timings)
+# seconds and ms/iter from config/studies/timing_all_small.py (each config alone on the machine): this study ran two
+# at a time beside other work, so its own seconds are not comparable across runs
+timing = 'results/timing_all_small/results.json'

@@ -3,7 +3,7 @@
 # (config/studies/compare_all_small.py ran two at a time). 100 iterations each, at each config's own lr and damping
 # (the time of a step does not depend on them), the configs' 100 warmup iterations spanning the run so that no step is
 # taken at full lr from an untrained model; the ms columns are medians over windows of 10 iterations, each holding one
-# factor update and one decomposition. About 7 minutes.
+# factor update and one decomposition. About 4 minutes.
 #   OMP_NUM_THREADS=1 python study.py config/studies/timing_all_small.py
 runs = [f'config/{name}_small.py' for name in (
     'adamw', 'kfac', 'fixed_fisher', 'eva', 'ekfac', 'iekfac', 'ief', 'kpsvd', 'kfac_corrected', 'dykaf', 'muon',
