@@ -11,7 +11,9 @@ $ python -m benchmarks.cost_model config/adamw_small.py --calibrate             
 Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's factors) and N tokens per rank:
     forward 2 N d_in d_out, backward twice that (all Linears, the tied lm_head too), attention 4 N T d per layer
     forward (QK^T and AV), backward twice
-    factor capture 2 N (d_in^2 + d_out^2) on factor-update steps, amortised: / factor_update_freq
+    factor capture 2 N (d_in^2 + d_out^2) on factor-update steps, amortised: / factor_update_freq; with
+    kfac_approx='reduce' 2 (N / T) (d_in^2 + d_out^2): one row per sequence (the sums over its T tokens are
+    elementwise, not counted)
     eigh 9 n^3 (Golub & Van Loan's symmetric QR with eigenvectors), a Cholesky inverse n^3 (n^3/3 + 2n^3/3),
     amortised: / inv_update_freq, and / ranks (each layer is decomposed on one rank)
     preconditioning: kfac 2 products, 2 d_out d_in (d_in + d_out); eigenbasis methods 4 products, twice that;
@@ -56,12 +58,14 @@ def layers_of(cfg, exclude='', max_factor_dim=4096):
 
 
 def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_update_freq=10, exclude='',
-              max_factor_dim=4096, grafting='none'):
+              max_factor_dim=4096, grafting='none', kfac_approx='expand'):
     """{part: FLOPs (or bytes, for 'adamw_bytes')} of one step on one rank, and 'state_bytes' (the Kronecker
     factors, decompositions, momentum buffer and grafting moments per rank, float32, as the optimizer's layer_state
     holds them). tokens_per_step over all ranks."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; the cost model knows {', '.join(METHODS)}")
+    if kfac_approx not in ('expand', 'reduce'):
+        raise ValueError(f"unknown kfac_approx {kfac_approx!r}; known: expand, reduce")
     linears, kron, blocks, n_params = layers_of(cfg, exclude, max_factor_dim)
     N, T, d, L = tokens_per_step / ranks, cfg['block_size'], cfg['n_embd'], cfg['n_layer']
     forward = sum(2 * N * i * o for i, o, _ in linears) + 4 * N * T * d * L
@@ -69,7 +73,8 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
                 state_bytes=0.0)
     if method in KRONECKER:
         kind, products = KRONECKER[method]
-        cost['capture'] = sum(2 * N * (i * i + o * o) for i, o in kron) / factor_update_freq
+        rows = N / T if kfac_approx == 'reduce' else N  # a sequence a sample, or a token
+        cost['capture'] = sum(2 * rows * (i * i + o * o) for i, o in kron) / factor_update_freq
         per = EIGH if kind == 'eigh' else INVERSE if kind == 'inverse' else 0
         cost['decomp'] = sum(per * (i ** 3 + o ** 3) for i, o in kron) / inv_update_freq / ranks
         cost['precond'] = sum(products * o * i * (i + o) for i, o in kron)
@@ -125,7 +130,8 @@ def read_config(path, overrides):
     """The train.py globals the cost model needs, from train.py's defaults, a config file and --key=value."""
     keys = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, bias=False, vocab_size=50304, dropout=0.0,
                 attention='softmax', batch_size=12, gradient_accumulation_steps=40, optimizer='adamw',
-                factor_update_freq=10, inv_update_freq=10, exclude='', max_factor_dim=4096, grafting='none')
+                factor_update_freq=10, inv_update_freq=10, exclude='', max_factor_dim=4096, grafting='none',
+                kfac_approx='expand')
     if path:
         scope = {}
         exec(open(path).read(), scope)
@@ -163,7 +169,7 @@ def main(argv=None):
     base = None
     for method in args.methods.split(','):
         c = step_cost(method, model, tokens, args.ranks, cfg['factor_update_freq'], cfg['inv_update_freq'],
-                      cfg['exclude'], cfg['max_factor_dim'], cfg['grafting'])
+                      cfg['exclude'], cfg['max_factor_dim'], cfg['grafting'], cfg['kfac_approx'])
         s = step_seconds(c, method, rates)
         base = s['total'] if method == 'adamw' else base
         ratio = f"{s['total'] / base:.2f}" if base else '—'

@@ -49,13 +49,16 @@ def test_one_step_of_each_part_equals_a_hand_count():
     assert step_cost('kfac', SMALL, N)['precond'] == cost['precond'] / 2
 
 
-@pytest.mark.parametrize('method', ['kfac', 'fixed_fisher'])
-def test_capture_and_preconditioning_flops_equal_torch_flop_counter(method):
-    """A factor-update step's forward+backward counts the hooks' x^T x on top of the model's; precondition() on every
-    layer counts the method's products (kernels' torch path on a CPU)."""
+@pytest.mark.parametrize('method,approx', [('kfac', 'expand'), ('fixed_fisher', 'expand'), ('kfac', 'reduce')])
+def test_capture_and_preconditioning_flops_equal_torch_flop_counter(method, approx):
+    """A factor-update step's forward+backward counts the hooks' x^T x on top of the model's (reduce: one row per
+    sequence, a 64th of expand's); precondition() on every layer counts the method's products (kernels' torch path
+    on a CPU)."""
     model, X, Y = small_model_and_batch()
-    opt = build_optimizer(method, model, factor_update_freq=1, inv_update_freq=1, kl_clip=None)
-    cost = step_cost(method, SMALL, N, factor_update_freq=1, inv_update_freq=1)
+    opt = build_optimizer(method, model, factor_update_freq=1, inv_update_freq=1, kl_clip=None, kfac_approx=approx)
+    cost = step_cost(method, SMALL, N, factor_update_freq=1, inv_update_freq=1, kfac_approx=approx)
+    if approx == 'reduce':
+        assert cost['capture'] == step_cost(method, SMALL, N, factor_update_freq=1)['capture'] / 64
     assert counted(lambda: model(X, Y)[1].backward()) == cost['fwd_bwd'] + cost['capture']
     opt.step()
     model(X, Y)[1].backward()  # gradients for the preconditioning below (the hooks record again: not counted)
