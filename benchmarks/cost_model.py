@@ -7,6 +7,8 @@ decompositions per rank, and the predicted step time and its ratio to AdamW's.
 $ python -m benchmarks.cost_model config/fixed_fisher_small.py                     # the small model, this CPU's rates
 $ python -m benchmarks.cost_model config/train_gpt2.py --tokens_per_step=524288 --ranks=8 --rates=h100
 $ python -m benchmarks.cost_model config/adamw_small.py --calibrate                  # measure this machine's rates
+$ python -m benchmarks.cost_model config/adamw_small.py --calibrate --measured=results/timing_all_small/results.json
+                                                           # and the prediction against a timing study's ms
 
 Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's factors) and N tokens per rank:
     forward 2 N d_in d_out, backward twice that (all Linears, the tied lm_head too), attention 4 N T d per layer
@@ -154,6 +156,8 @@ def main(argv=None):
     for key in ('matmul_flops_per_s', 'eigh_flops_per_s', 'inverse_flops_per_s', 'bytes_per_s'):
         p.add_argument(f'--{key}', type=float, default=None)
     p.add_argument('--set', action='append', default=[], help="a config key=value (n_embd=256, ...), repeatable")
+    p.add_argument('--measured', default=None, help="a timing study's results.json (study.py, e.g. "
+                   "config/studies/timing_all_small.py) of the same model: predicted against measured ms per part")
     args = p.parse_args(argv)
     cfg = read_config(args.config, dict(s.split('=', 1) for s in args.set))
     rates = calibrate() if args.calibrate else dict(RATES[args.rates])
@@ -166,7 +170,7 @@ def main(argv=None):
           f"on {args.ranks} rank(s); rates: " + ', '.join(f'{k} {v:.3g}' for k, v in rates.items()))
     print("| method | GFLOP fwd+bwd | capture | decomp | precond | state MB/rank | ms fwd+bwd | capture | decomp | "
           "precond | adamw | total | x adamw |\n" + "|---" * 13 + "|")
-    base = None
+    base, predicted = None, {}
     for method in args.methods.split(','):
         c = step_cost(method, model, tokens, args.ranks, cfg['factor_update_freq'], cfg['inv_update_freq'],
                       cfg['exclude'], cfg['max_factor_dim'], cfg['grafting'], cfg['kfac_approx'])
@@ -177,7 +181,34 @@ def main(argv=None):
               + f" | {c['state_bytes'] / 2 ** 20:.1f} | "
               + ' | '.join(f"{1e3 * s[k]:.3g}" for k in ('fwd_bwd', 'capture', 'decomp', 'precond', 'adamw', 'total'))
               + f" | {ratio} |")
+        predicted[method] = s
+    if args.measured:
+        print(against_measured(predicted, args.measured))
     return 0
+
+
+def against_measured(predicted, path):
+    """A markdown table: each method's predicted ms per part (step_seconds) beside the medians a timing study
+    measured (its rows' ms_fwd_bwd, ms_decomp, ms_precond, ms_per_iter, by optimizer), and both ratios to AdamW.
+    Measured forward+backward holds the factor hooks; preconditioning holds grafting, momentum and the update."""
+    import json
+    with open(path) as f:
+        rows = {r['optimizer']: r for r in json.load(f)['rows'] if r.get('status') == 'ok' and r.get('ms_per_iter')}
+    fmt = lambda x: '—' if x is None else f'{x:.1f}'  # noqa: E731
+    out = ["| method | fwd+bwd predicted / measured ms | decomp | precond | total | × adamw predicted / measured |",
+           "|---|---|---|---|---|---|"]
+    base = (predicted.get('adamw'), rows.get('adamw'))
+    for method, s in predicted.items():
+        m = rows.get(method)
+        if m is None:
+            continue
+        pairs = [(1e3 * (s['fwd_bwd'] + s['capture']), m.get('ms_fwd_bwd')), (1e3 * s['decomp'], m.get('ms_decomp')),
+                 (1e3 * s['precond'], m.get('ms_precond')), (1e3 * s['total'], m['ms_per_iter'])]
+        cells = [f"{fmt(p)} / {fmt(q)}" for p, q in pairs]
+        ratio = f"{s['total'] / base[0]['total']:.2f} / {m['ms_per_iter'] / base[1]['ms_per_iter']:.2f}" \
+            if all(base) else '—'
+        out.append(f"| {method} | " + ' | '.join(cells) + f" | {ratio} |")
+    return '\n'.join(out)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,8 @@
 """benchmarks/cost_model.py against independent counts on the small model (4 layers, n_embd 128, 768 tokens per
 step): torch's FlopCounterMode for forward+backward, factor capture and preconditioning, a hand count of its layers
 for the decompositions, and the bytes a real optimizer's layer_state holds."""
+import json
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -88,3 +90,26 @@ def test_cli_prints_every_method_and_gpt2_sizes(capsys):
     assert '124.' in capsys.readouterr().out  # GPT-2 small's parameters, 124M (vocab 50304)
     with pytest.raises(ValueError, match='psgd'):
         step_cost('psgd', SMALL, N)
+
+
+def test_prediction_beside_a_timing_studys_measurement(tmp_path, capsys):
+    """--measured: each method's predicted ms per part beside a timing study's, and both ratios to AdamW."""
+    rates = ['--matmul_flops_per_s=1e11', '--eigh_flops_per_s=1e10', '--inverse_flops_per_s=1e10',
+             '--bytes_per_s=1e10']
+    timing = tmp_path / 'results.json'
+    timing.write_text(json.dumps(dict(rows=[
+        dict(optimizer='adamw', status='ok', ms_per_iter=50.0, ms_fwd_bwd=45.0),
+        dict(optimizer='fixed_fisher', status='ok', ms_per_iter=100.0, ms_fwd_bwd=47.0, ms_decomp=20.0,
+             ms_precond=30.0)])))
+    assert main(['config/fixed_fisher_small.py', '--methods=adamw,kfac,fixed_fisher', f'--measured={timing}',
+                 *rates]) == 0
+    table = capsys.readouterr().out.split('| method | fwd+bwd predicted')[1]
+    rows = {line.split(' | ')[0]: line for line in table.splitlines() if line.startswith('| ')}
+    assert '| kfac' not in rows  # not measured
+    ff, adamw = (step_cost(m, SMALL, N) for m in ('fixed_fisher', 'adamw'))
+    fwd = 1e3 * (ff['fwd_bwd'] + ff['capture']) / 1e11
+    total = fwd + 1e3 * (ff['decomp'] / 1e10 + ff['precond'] / 1e11 + ff['adamw_bytes'] / 1e10)
+    base = 1e3 * (adamw['fwd_bwd'] / 1e11 + adamw['adamw_bytes'] / 1e10)
+    assert rows['| fixed_fisher'].startswith(f"| fixed_fisher | {fwd:.1f} / 47.0 | {1e3 * ff['decomp'] / 1e10:.1f} "
+                                             f"/ 20.0 | ")
+    assert rows['| fixed_fisher'].endswith(f" | {total:.1f} / 100.0 | {total / base:.2f} / 2.00 |")
