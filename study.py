@@ -55,7 +55,8 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
   --timing=FILE          a timing study's results.json (config/studies/timing_all_small.py: each config alone on the
                          machine): a run's seconds and ms columns become its iterations times the ms/iter of the
                          timing row of the same name, so that × seconds does not depend on what ran beside it
-                         (the measured time_s is kept as measured_time_s)
+                         (the measured time_s is kept as measured_time_s); one ms/iter per run name, so a
+                         grid over a knob that changes a step's cost (factor_update_freq) is not retimed per point
   --rerun=False          a run that already ran to its end with the same arguments (OUT/<run>/run.json, or
                          DIR/runs/<run>/run.json) is read, not run again: extend a grid or add runs and only they
                          run; True reruns all
@@ -734,6 +735,8 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
         for t in trials if target_loss is not None else []:
             again = summarize(t['out_dir'], t['returncode'], target_loss)
             t['steps_to_target'], t['seconds_to_target'] = again['steps_to_target'], again['seconds_to_target']
+            if timed and t['steps_to_target']:  # seconds from the timing study, as retime() gives them
+                t['seconds_to_target'] = t['steps_to_target'] * timed[t['name']]['ms_per_iter'] / 1000
         rows, trials, table, content = results(target_loss)
     write_results(folder, table, content)
     plotted = [r for r in rows if r['out_dirs'] and all(os.path.exists(os.path.join(d, 'metrics.jsonl'))

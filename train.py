@@ -148,10 +148,13 @@ for key, ok in [('init_from', init_from in ('scratch', 'resume')), ('dtype', dty
                 ('batch_size', batch_size > 0), ('block_size', block_size > 0), ('warmup_iters', warmup_iters >= 0),
                 ('lr_decay_iters', not decay_lr or lr_decay_iters >= warmup_iters),
                 ('divergence_nats', divergence_nats > 0), ('max_skipped_steps', max_skipped_steps > 0),
-                ('ddp_timeout_s', ddp_timeout_s > 0), ('grad_clip', grad_clip is None or grad_clip > 0)]:
+                ('ddp_timeout_s', ddp_timeout_s > 0), ('grad_clip', grad_clip is None or grad_clip > 0),
+                ('grad_clip', step_rule != 'quadratic' or grad_clip is None)]:
     if not ok:
         hint = {'lr_decay_iters': f" (must be >= warmup_iters={warmup_iters})",
-                'grad_clip': " (must be > 0; None turns clipping off)"}.get(key, '')
+                'grad_clip': " (must be > 0; None turns clipping off)" if step_rule != 'quadratic' else
+                " (step_rule='quadratic' needs None: its model predicts the change of the unclipped gradient's step)"
+                }.get(key, '')
         config_error(f"bad config value {key}={globals()[key]!r}{hint}")
 
 # DDP: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE

@@ -189,11 +189,15 @@ def main(argv=None):
 
 def against_measured(predicted, path):
     """A markdown table: each method's predicted ms per part (step_seconds) beside the medians a timing study
-    measured (its rows' ms_fwd_bwd, ms_decomp, ms_precond, ms_per_iter, by optimizer), and both ratios to AdamW.
+    measured (its rows' ms_fwd_bwd, ms_decomp, ms_precond, ms_per_iter; an optimizer's first row), and both ratios
+    to AdamW.
     Measured forward+backward holds the factor hooks; preconditioning holds grafting, momentum and the update."""
     import json
     with open(path) as f:
-        rows = {r['optimizer']: r for r in json.load(f)['rows'] if r.get('status') == 'ok' and r.get('ms_per_iter')}
+        rows = {}  # an optimizer's first row (timing_all_small: its plain config, before the M&G variants)
+        for r in json.load(f)['rows']:
+            if r.get('status') == 'ok' and r.get('ms_per_iter'):
+                rows.setdefault(r['optimizer'], r)
     fmt = lambda x: '—' if x is None else f'{x:.1f}'  # noqa: E731
     out = ["| method | fwd+bwd predicted / measured ms | decomp | precond | total | × adamw predicted / measured |",
            "|---|---|---|---|---|---|"]

@@ -33,6 +33,7 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
         U <- U * ||adam(V)|| / ||U||                          if grafting == 'adam'
         nu = min(1, sqrt(kl_clip / sum_layers lr^2 <U, V>)),  U <- nu U          if kl_clip is not None
         buf <- momentum buf + U;   W <- W (1 - lr wd) - lr buf   (no weight decay on the bias column)
+        (step_rule='quadratic' instead: W <- W (1 - lr adamw_lr_scale wd) + alpha Delta + mu delta0)
     Every other parameter (embeddings, norms, the tied lm_head, excluded or too wide layers) is stepped by AdamW
     (betas (beta1, beta2), eps; decay on 2-D tensors only) at lr * adamw_lr_scale.
 
@@ -93,7 +94,7 @@ class KroneckerOptimizer(KroneckerState, torch.optim.Optimizer):
         self.damping, self.damping_mode, self.factor_decay = float(damping), damping_mode, factor_decay
         self.factor_update_freq, self.inv_update_freq = factor_update_freq, inv_update_freq
         self.kl_clip, self.fisher, self.grafting, self.eps = kl_clip, fisher, grafting, eps
-        self.betas = (beta1, beta2)
+        self.betas, self.adamw_lr_scale = (beta1, beta2), adamw_lr_scale
         self.damping_schedule, self.damping_update_freq = damping_schedule, damping_update_freq
         self.lm_ratio, self._lm_before = float('nan'), None  # the last reduction ratio; the weights before the step
         self.step_rule, self.step_rule_freq, self.quadratic_batches = step_rule, step_rule_freq, None

@@ -4,7 +4,7 @@ quadratic model of a step delta on some batches, measured exactly, and the rule 
 ratio rho = (h(theta + delta) - h(theta)) / (grad h^T delta + 1/2 delta^T F delta + 1/2 sum_layers lambda |delta|^2).
 With step_rule='quadratic', on a step that solved for alpha and mu, the model is the one they minimised, as in the
 paper: delta the preconditioned layers' update, M(delta) its predicted change, and h(theta + delta) taken with every
-other parameter at theta (two forwards, no Jacobian-vector product), h holding that model's l2 term; otherwise delta is the whole step, the model
+other parameter at theta and no weight decay (two forwards, no Jacobian-vector product); otherwise delta is the whole step, the model
 measured by one forward-mode pass.
 """
 
@@ -86,17 +86,13 @@ def adapt_damping(opt, model, batches):
     if opt.step_rule == 'quadratic' and opt.qm_solved_step == opt.steps - 1:  # the step's own quadratic model
         moved = dict(theta0)
         for group in opt.param_groups:
-            if group['kind'] == 'kronecker' and 'qm_update' in opt.layer_state[group['name']]:
-                delta, (W, *b) = opt.layer_state[group['name']]['qm_update'], group['params']
+            st = opt.layer_state.get(group.get('name'), {}) if group['kind'] == 'kronecker' else {}
+            if st.get('qm_step') == opt.steps - 1:  # a layer this step moved
+                delta, (W, *b) = st['qm_update'], group['params']
                 moved[names[W]] = theta0[names[W]] + delta[:, :W.shape[1]].to(W.dtype)
                 if b:
                     moved[names[b[0]]] = theta0[names[b[0]]] + delta[:, -1].to(W.dtype)
         (h0, h1), predicted = mean_losses(model, [theta0, moved], batches), opt.qm_predicted
-        for group in opt.param_groups:  # the model's l2 term eta/2 |W|^2 (optim/quadratic_step.py), in h too
-            if group['kind'] == 'kronecker' and group['weight_decay']:
-                name = names[group['params'][0]]
-                h0 += 0.5 * group['weight_decay'] * float(theta0[name].double().square().sum())
-                h1 += 0.5 * group['weight_decay'] * float(moved[name].double().square().sum())
     else:
         delta = {names[p]: (p.detach() - p0).to(p0.dtype) for p, p0 in zip(params, before)}
         h0, dh, dFd, h1 = quadratic_model(model, theta0, delta, batches)

@@ -13,9 +13,9 @@ Jacobian-vector product per direction) and lambda each layer's damping in use: M
 
 and without delta0 (the first step, or momentum = 0) mu = 0, alpha = -grad h^T Delta / Delta^T C Delta. The
 scheduled lr only caps alpha (a large lr leaves it free); grafting and the KL clip are off. grad h is the step's
-gradient V as step() sees it (after train.py's grad_clip, if any). Weight decay eta (the group's weight_decay) is M&G's
-l2 term, inside the model rather than decoupled: h + eta/2 |W|^2, so grad h + eta [W | 0] and C + eta I on the
-weights (not the biases); a decoupled W <- (1 - lr eta) W would shrink by lr eta a step with lr the cap, not the step. Cost per solve: one forward-mode pass per
+gradient V as step() sees it (after train.py's grad_clip, if any). Weight decay stays decoupled, outside the model, at the rate
+of the AdamW part: W <- (1 - lr adamw_lr_scale wd) W (lr is only alpha's cap here; at the cap's rate, lr = 1 and wd
+= 0.1 would shrink W by a tenth a step), the shrink per step of the grafted configs whose lr AdamW's is. Cost per solve: one forward-mode pass per
 direction (two with momentum), about 1.5 forwards each; step_rule_freq > 1 reuses alpha and mu in between.
 """
 
@@ -71,7 +71,8 @@ def step_sizes(g, C, cap=None):
 
 
 def quadratic_step(opt, active, Us):
-    """step_rule='quadratic': adds delta = alpha Delta + mu delta0 to each preconditioned layer's [W | b], active [(group, st, V)] and Us their U. alpha, mu are solved on the batches given by
+    """step_rule='quadratic': adds delta = alpha Delta + mu delta0 to each preconditioned layer's [W | b] (and its
+    decoupled weight decay, module docstring), active [(group, st, V)] and Us their U. alpha, mu are solved on the batches given by
     opt.set_quadratic_batches(model, batches) every step_rule_freq steps and reused in between; logged as qm_alpha,
     qm_mu and qm_predicted (M(delta) of the last solve)."""
     directions = [-U for U in Us]
@@ -89,23 +90,20 @@ def quadratic_step(opt, active, Us):
         C = fisher_forms(model, params, [layer_tangents(active, mats, names) for mats in sets], batches).cpu()
         lams = [float(torch.as_tensor(st.get('damping_eff', opt.damping), dtype=torch.float64).mean())
                 for _, st, _ in active]
-        decay = [(group['weight_decay'], group['params'][0]) for group, _, _ in active]  # eta, W per layer
         g = torch.zeros(len(sets), dtype=torch.float64)
         for i, a in enumerate(sets):
-            g[i] = sum(float((V.double() * A.double()).sum() + eta * (W.double() * A[:, :W.shape[1]].double()).sum())
-                       for (_, _, V), A, (eta, W) in zip(active, a, decay))
-            for j, b in enumerate(sets):  # + lambda I per layer, + eta I on its weights
-                C[i, j] += sum(lam * float((A.double() * B.double()).sum()) +
-                               eta * float((A[:, :W.shape[1]].double() * B[:, :W.shape[1]].double()).sum())
-                               for lam, A, B, (eta, W) in zip(lams, a, b, decay))
+            g[i] = sum(float((V.double() * A.double()).sum()) for (_, _, V), A in zip(active, a))
+            for j, b in enumerate(sets):  # + lambda I, per layer
+                C[i, j] += sum(lam * float((A.double() * B.double()).sum()) for lam, A, B in zip(lams, a, b))
         opt.qm_alpha, opt.qm_mu, opt.qm_predicted = step_sizes(g, C, active[0][0]['lr'])
         opt.qm_solved_step = opt.steps  # damping_schedule='lm' takes this step's rho from this model
         opt.quadratic_batches = None
     for (group, st, _), D, P in zip(active, directions, previous):
         delta = opt.qm_alpha * D + (opt.qm_mu * P if use_previous else 0)
-        st['qm_update'] = delta
+        st['qm_update'], st['qm_step'] = delta, opt.steps
         W = group['params'][0]
-        W.add_(delta[:, :W.shape[1]].to(W.dtype))  # (weight decay is in the model: no decoupled decay)
+        W.mul_(1 - group['lr'] * opt.adamw_lr_scale * group['weight_decay'])  # decoupled, at AdamW's rate
+        W.add_(delta[:, :W.shape[1]].to(W.dtype))
         if len(group['params']) == 2:
             group['params'][1].add_(delta[:, -1].to(W.dtype))
 

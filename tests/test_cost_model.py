@@ -100,7 +100,8 @@ def test_prediction_beside_a_timing_studys_measurement(tmp_path, capsys):
     timing.write_text(json.dumps(dict(rows=[
         dict(optimizer='adamw', status='ok', ms_per_iter=50.0, ms_fwd_bwd=45.0),
         dict(optimizer='fixed_fisher', status='ok', ms_per_iter=100.0, ms_fwd_bwd=47.0, ms_decomp=20.0,
-             ms_precond=30.0)])))
+             ms_precond=30.0),
+        dict(optimizer='fixed_fisher', status='ok', ms_per_iter=300.0)])))  # a variant (M&G's): the first row wins
     assert main(['config/fixed_fisher_small.py', '--methods=adamw,kfac,fixed_fisher', f'--measured={timing}',
                  *rates]) == 0
     table = capsys.readouterr().out.split('| method | fwd+bwd predicted')[1]

@@ -78,19 +78,20 @@ def quadratic_step(opt, model, X, Y):
     opt.step()
     opt.zero_grad()
     U = [opt.precondition(opt.layer_state[g_['name']], V) for g_, V in zip(groups, Vs)]  # this step's decomposition
-    # weight decay eta as the model's l2 term eta/2 |W|^2 on the weights (not the biases): g + eta W, C + eta I
-    eta = [g_ for g_ in opt.param_groups if g_['kind'] == 'kronecker'][0]['weight_decay']
+    C = F + lam * torch.eye(len(g), dtype=g.dtype)
+    # the step's delta: the weights' change less their decoupled decay, lr * adamw_lr_scale * wd (biases: none)
+    group = groups[0]
+    shrink = group['lr'] * opt.adamw_lr_scale * group['weight_decay']
     on_weights = torch.cat([torch.full((p.numel(),), float(n.endswith('weight')), dtype=g.dtype) for n, p in params])
-    g = g + eta * on_weights * before
-    C = F + lam * torch.eye(len(g), dtype=g.dtype) + eta * torch.diag(on_weights)
-    return -as_flat(opt, U), g, C, flat_params(params) - before
+    return -as_flat(opt, U), g, C, flat_params(params) - (1 - shrink * on_weights) * before
 
 
 @pytest.mark.parametrize('method,weight_decay', [('kfac', 0.0), ('fixed_fisher', 0.0), ('kfac', 0.5)])
 def test_alpha_and_mu_minimise_the_dense_quadratic_model(method, weight_decay):
-    """weight_decay: M&G's l2 term in the model (g + eta W, C + eta I on the weights), not decoupled."""
+    """weight_decay: decoupled, outside the model, at the AdamW part's lr (lr 1e9 x adamw_lr_scale 1e-10: a 5%
+    shrink; at the cap's lr it would be 5e8)."""
     model = tiny_gpt()
-    opt = build_optimizer(method, model, momentum=0.9, **dict(CFG, weight_decay=weight_decay))
+    opt = build_optimizer(method, model, momentum=0.9, **dict(CFG, weight_decay=weight_decay, adamw_lr_scale=1e-10))
     # step 1: no previous update, mu = 0 and alpha = -g^T Delta / Delta^T C Delta
     D1, g, C, delta1 = quadratic_step(opt, model, *batch(1))
     alpha = -(g @ D1) / (D1 @ C @ D1)
@@ -148,6 +149,7 @@ def test_train_logs_alpha_mu_and_the_quadratic_models_prediction(tiny_data, tmp_
     """train.py with step_rule='quadratic' (M&G's KFAC: no grafting, no KL clip) hands the step's batches to the
     optimizer: each train record carries qm_alpha, qm_mu and a negative predicted change; the loss falls."""
     train(tiny_data, tmp_path, '--optimizer=kfac', '--step_rule=quadratic', '--grafting=none', '--kl_clip=None',
+          '--grad_clip=None',
           '--momentum=0.9', '--damping=1e-1', '--damping_mode=relative', '--learning_rate=1.0',
           '--adamw_lr_scale=1e-3', '--max_iters=6',
           '--eval_interval=6', '--factor_update_freq=1', '--inv_update_freq=1', '--warmup_iters=0')
@@ -161,7 +163,7 @@ def test_train_logs_alpha_mu_and_the_quadratic_models_prediction(tiny_data, tmp_
 def test_lm_takes_rho_from_the_quadratic_model_that_chose_the_step(momentum, weight_decay):
     """damping_schedule='lm' with the quadratic rule (M&G's pairing): rho = (h(theta + delta) - h(theta)) / M(delta)
     with delta the preconditioned layers' update (AdamW's parameters left at theta, though they moved), M from the
-    dense g and C, h with the model's l2 term; then lambda moves by the rule."""
+    dense g and C (weight decay outside both); then lambda moves by the rule."""
     model = tiny_gpt()
     opt = build_optimizer('kfac', model, momentum=momentum, damping_schedule='lm', damping_update_freq=1,
                           **dict(CFG, adamw_lr_scale=1e-12, weight_decay=weight_decay))  # AdamW at lr 1e-3 moves
@@ -175,9 +177,7 @@ def test_lm_takes_rho_from_the_quadratic_model_that_chose_the_step(momentum, wei
             i += before[n].numel()
         assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n not in names)
         model.eval()
-        h0, h1 = (float(functional_call(model, w, batch(k))[1].detach()) +
-                  0.5 * weight_decay * sum(float(w[n].square().sum()) for n in names if n.endswith('weight'))
-                  for w in (before, moved))
+        h0, h1 = (float(functional_call(model, w, batch(k))[1].detach()) for w in (before, moved))
         model.train()
         expected = (h1 - h0) / float(g @ delta + 0.5 * delta @ C @ delta)
         lam = opt.damping

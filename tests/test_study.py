@@ -501,6 +501,12 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
     assert muon['speedup_tokens_per_seed'] == pytest.approx(tokens)  # tokens do not change
     assert (muon['ms_per_iter'], muon['ms_fwd_bwd'], muon['measured_time_s']) == (40.0, 20.0, pytest.approx(0.08))
     assert 'not the time it took here' in open(tmp_path / 'out' / 'results.md').read()
+    # a run's name as the target: steps to adamw's final loss, and their seconds from the timing study too
+    study.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', '--seeds=1,2',
+                '--reference=adamw', '--ladder=adamw', f'--timing={timing}', '--target_loss=adamw'])
+    with open(tmp_path / 'out' / 'results.json') as f:
+        trials = [t for t in json.load(f)['trials'] if t['name'] == 'muon' and t['steps_to_target']]
+    assert trials and all(t['seconds_to_target'] == pytest.approx(t['steps_to_target'] * 0.04) for t in trials)
     timing.write_text(json.dumps(dict(rows=timed[:2])))
     with pytest.raises(ValueError, match='no finished timing run named soap, kfac'):
         study.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', f'--timing={timing}'])

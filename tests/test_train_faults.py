@@ -121,6 +121,8 @@ def test_a_second_process_on_the_same_out_dir_is_refused_and_a_dead_ones_lock_is
     (['--warmup_iters=10', '--lr_decay_iters=5'], 'bad config value lr_decay_iters=5 (must be >= warmup_iters=10)'),
     (['--learning_rate=None'], 'bad config value learning_rate=None (only grad_clip takes None'),
     (['--grad_clip=0.0'], 'bad config value grad_clip=0.0 (must be > 0; None turns clipping off)'),
+    (['--optimizer=kfac', '--step_rule=quadratic', '--grafting=none', '--grad_clip=1.0'],
+     "bad config value grad_clip=1.0 (step_rule='quadratic' needs None"),
 ])
 def test_bad_values_are_errors_naming_them(tiny_data, tmp_path, args, message):
     result = train(tiny_data, tmp_path, '--max_iters=2', *args, check=False)
