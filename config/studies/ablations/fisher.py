@@ -9,4 +9,4 @@ out_dir = 'out-ablation-fisher'
 jobs = 2
 seeds = [1337, 1, 2]  # its conclusion rests on gaps below 0.05: three seeds, paired
 reference = 'kfac_small fisher=empirical'
-compare_to = ['fixed_fisher_small fisher=empirical']
+compare_to = ['fixed_fisher_small fisher=empirical', 'kfac_small fisher=sampled']
