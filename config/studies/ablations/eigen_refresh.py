@@ -11,3 +11,5 @@ out_dir = 'out-ablation-eigen-refresh'
 jobs = 2
 seeds = [1337, 1, 2]  # its conclusion rests on gaps below 0.05: three seeds, paired
 reference = 'fixed_fisher_small'  # eigh every 10 iterations, the config
+compare_to = ['fixed_fisher_small inv_update_freq=50 eigen_refresh=none',  # QR against keeping the bases, paired
+              'fixed_fisher_small inv_update_freq=100 eigen_refresh=none']
