@@ -11,6 +11,14 @@ $ python plot.py out/adamw_seed=1,out/adamw_seed=2 out/muon_seed=1,out/muon_seed
 
 writes val_loss_vs_steps.png, val_loss_vs_seconds.png and ms_per_iter_breakdown.png into --out, and
 damping_vs_steps.png (lambda and the reduction ratio) when a run adapts its damping (damping_schedule='lm').
+
+$ python plot.py --ladder results/compare_all_small results/scale/batch48_tokens results/scale/batch192_tokens \
+      --ladder_x=tokens_per_step --out=results/scale
+
+reads study.py's results.json of each cell of a scale ladder (config/studies/scale/) and writes
+ladder_vs_<x>.png: per method against x (tokens per step, or parameters), the speedup over AdamW in tokens and in
+seconds (mean, 95% interval over the seeds), the Fixed Fisher - KFAC gap, and the step time over AdamW's with its
+parts.
 """
 
 import argparse
@@ -204,14 +212,105 @@ def plot_final_vs(rows, key, out):
     return path
 
 
+LADDER_PARTS = [('ms_fwd_bwd', 'forward+backward'), ('ms_decomp', 'decompositions'), ('ms_precond', 'preconditioning')]
+
+
+def ladder_series(cells, x='tokens_per_step'):
+    """{method: [(x, row)]} sorted by x, from the rows of each cell's results.json (cells: study results folders), a
+    method named by its row ('kfac_small' -> 'kfac'). x: 'tokens_per_step' (the row's tokens / iters) or 'params'
+    (the model of its first run's config.json, counted on the meta device)."""
+    if x not in ('tokens_per_step', 'params'):
+        raise ValueError(f"unknown ladder x {x!r}; known: tokens_per_step, params")
+    series = {}
+    for cell in cells:
+        with open(os.path.join(cell, 'results.json')) as f:
+            rows = json.load(f)['rows']
+        for row in rows:
+            if not row.get('iters'):
+                continue
+            if x == 'tokens_per_step':
+                value = row['tokens'] / row['iters']
+            else:
+                from benchmarks.cost_model import layers_of  # torch: only for this axis
+                with open(os.path.join(row['out_dirs'][0], 'config.json')) as f:
+                    c = json.load(f)
+                meta = os.path.join(c['data_dir'] or '', 'meta.json')  # the dataset's vocabulary, as train.py reads it
+                vocab = json.load(open(meta))['vocab_size'] if os.path.exists(meta) else \
+                    65 if c['dataset'] == 'shakespeare_char' else 50304
+                value = layers_of({k: c[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout',
+                                                     'attention')} | dict(vocab_size=vocab))[3]
+            series.setdefault(row['name'].removesuffix('_small'), []).append((value, row))
+    return {m: sorted(points, key=lambda p: p[0]) for m, points in series.items()}
+
+
+def plot_ladder(cells, out, x='tokens_per_step'):
+    """ladder_vs_<x>.png in folder out from the cells (ladder_series): speedup over AdamW in tokens and in seconds
+    (mean, bars the 95% interval; a bound '>'/'<' drawn as a hollow marker), Fixed Fisher - KFAC (diff_to_kfac_small
+    of the fixed_fisher row, its interval), each method's ms/iter over AdamW's at the same x, and Fixed Fisher's and
+    KFAC's parts over AdamW's ms/iter. Returns the path."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    series = ladder_series(cells, x)
+    adamw_ms = {v: r['ms_per_iter'] for v, r in series.get('adamw', []) if r.get('ms_per_iter')}
+    fig, axes = plt.subplots(1, 5, figsize=(24, 4.2))
+    for method, points in sorted(series.items()):
+        for ax, unit in zip(axes[:2], ('tokens', 'seconds')):
+            pts = [(v, r[f'speedup_{unit}'], r.get(f'speedup_{unit}_ci95'), r.get('speedup_beyond'))
+                   for v, r in points if r.get(f'speedup_{unit}') is not None]
+            if pts:
+                err = [[m - ci[0] if ci else 0 for _, m, ci, _ in pts], [ci[1] - m if ci else 0 for _, m, ci, _ in pts]]
+                line = ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, marker='o', capsize=3,
+                                   label=method)
+                bounds = [p for p in pts if p[3]]
+                ax.plot([p[0] for p in bounds], [p[1] for p in bounds], 'o', mfc='white',
+                        color=line[0].get_color())
+        ratio = [(v, r['ms_per_iter'] / adamw_ms[v]) for v, r in points if r.get('ms_per_iter') and v in adamw_ms]
+        if ratio:
+            axes[3].plot(*zip(*ratio), marker='o', label=method)
+    gap = [(v, r.get('diff_to_kfac_small_mean'), r.get('diff_to_kfac_small_ci95'))
+           for v, r in series.get('fixed_fisher', []) if r.get('diff_to_kfac_small_mean') is not None]
+    if gap:
+        err = [[m - ci[0] if ci else 0 for _, m, ci in gap], [ci[1] - m if ci else 0 for _, m, ci in gap]]
+        axes[2].errorbar([g[0] for g in gap], [g[1] for g in gap], yerr=err, marker='o', capsize=3)
+    axes[2].axhline(0, color='gray', lw=0.8)
+    for method, style in (('fixed_fisher', '-'), ('kfac', '--')):
+        for (key, part), color in zip(LADDER_PARTS, ('C0', 'C1', 'C2')):
+            pts = [(v, r[key] / adamw_ms[v]) for v, r in series.get(method, []) if r.get(key) and v in adamw_ms]
+            if pts:
+                axes[4].plot(*zip(*pts), style, marker='o', color=color, label=f'{method}: {part}')
+    titles = ['speedup over AdamW in tokens', 'speedup over AdamW in seconds', 'Fixed Fisher − KFAC final val loss',
+              'ms/iter over AdamW', 'parts of a step, over AdamW ms/iter']
+    for ax, title in zip(axes, titles):
+        ax.set_xscale('log')
+        ax.set_xlabel('tokens per step' if x == 'tokens_per_step' else 'parameters')
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in (axes[0], axes[1], axes[3], axes[4]):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f'ladder_vs_{x}.png')
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('run_dirs', nargs='+', help="train.py out_dirs (each with a metrics.jsonl); dir1,dir2,... "
-                                                    "for one run at several seeds")
+                                                    "for one run at several seeds; with --ladder, study results folders")
+    parser.add_argument('--ladder', action='store_true', help="the folders are cells of a scale ladder")
+    parser.add_argument('--ladder_x', default='tokens_per_step', help="tokens_per_step or params")
     parser.add_argument('--out', default='out-plots', help="folder for the PNGs")
     parser.add_argument('--labels', default=None, help="comma-separated legend labels (default: folder names)")
     parser.add_argument('--target_loss', type=float, default=None, help="draw this val loss as a dashed line")
     args = parser.parse_args()
+    if args.ladder:
+        print(f"wrote {plot_ladder(args.run_dirs, args.out, args.ladder_x)}")
+        raise SystemExit(0)
     for path in plot_runs([d.split(',') for d in args.run_dirs], args.out,
                           args.labels.split(',') if args.labels else None,
                           args.target_loss):

@@ -688,3 +688,35 @@ def test_a_study_files_results_dir_follows_its_group():
     assert study.study_results_dir('config/studies/ablations/damping.py') == os.path.join('results', 'ablations',
                                                                                           'damping')
     assert study.study_results_dir('config/studies/scale/width64.py') == os.path.join('results', 'scale', 'width64')
+
+
+def test_ladder_plot_reads_each_cells_rows(tmp_path):
+    """plot.py --ladder: each cell's rows become one point per method at its tokens per step (tokens / iters) or its
+    model's parameters (its first run's config.json, counted as the cost model counts them); the PNG is written."""
+    from plot import ladder_series, plot_ladder
+    from benchmarks.cost_model import layers_of
+    cells = []
+    for batch, width, gap in ((48, 64, 0.01), (12, 128, 0.04)):
+        cell = tmp_path / f'cell{batch}'
+        (cell / 'run').mkdir(parents=True)
+        model = dict(n_layer=4, n_head=4, n_embd=width, block_size=64, bias=False, dropout=0.0, attention='softmax')
+        (cell / 'run' / 'config.json').write_text(json.dumps(dict(model, dataset='shakespeare_char', data_dir='')))
+        rows = [dict(name=f'{m}_small', iters=100, tokens=100 * batch * 64, out_dirs=[str(cell / 'run')],
+                     ms_per_iter=ms, ms_fwd_bwd=ms / 2, ms_decomp=ms / 8, ms_precond=ms / 4, speedup_tokens=s,
+                     speedup_tokens_ci95=[s - 0.1, s + 0.1], speedup_seconds=s / 2, speedup_seconds_ci95=None,
+                     speedup_beyond=None, diff_to_kfac_small_mean=gap if m == 'fixed_fisher' else 0.0,
+                     diff_to_kfac_small_ci95=[gap - 0.02, gap + 0.02])
+                for m, ms, s in (('adamw', 50.0, 1.0), ('kfac', 80.0, 2.0), ('fixed_fisher', 120.0, 1.5))]
+        (cell / 'results.json').write_text(json.dumps(dict(rows=rows)))
+        cells.append(str(cell))
+    series = ladder_series(cells)
+    assert [v for v, _ in series['fixed_fisher']] == [768, 3072]  # sorted by tokens per step
+    assert [r['diff_to_kfac_small_mean'] for _, r in series['fixed_fisher']] == [0.04, 0.01]
+    params = ladder_series(cells, 'params')
+    assert [v for v, _ in params['kfac']] == [layers_of(dict(n_layer=4, n_head=4, n_embd=w, block_size=64, bias=False,
+                                                            dropout=0.0, attention='softmax', vocab_size=65))[3]
+                                             for w in (64, 128)]
+    path = plot_ladder(cells, str(tmp_path / 'plots'), 'params')
+    assert path.endswith('ladder_vs_params.png') and os.path.getsize(path) > 0
+    with pytest.raises(ValueError, match='tokens'):
+        ladder_series(cells, 'layers')
