@@ -9,4 +9,5 @@ out_dir = 'out-ablation-attention'
 jobs = 2
 seeds = [1337, 1, 2]  # its conclusion rests on gaps below 0.05: three seeds, paired
 reference = 'adamw_small attention=softmax'  # each delta run paired with its optimizer's softmax run
-compare_to = ['kfac_small attention=softmax', 'fixed_fisher_small attention=softmax']
+compare_to = ['kfac_small attention=softmax', 'fixed_fisher_small attention=softmax', 'adamw_small attention=delta',
+              'kfac_small attention=delta']
