@@ -4,8 +4,8 @@ quadratic model of a step delta on some batches, measured exactly, and the rule 
 ratio rho = (h(theta + delta) - h(theta)) / (grad h^T delta + 1/2 delta^T F delta + 1/2 sum_layers lambda |delta|^2).
 With step_rule='quadratic', on a step that solved for alpha and mu, the model is the one they minimised, as in the
 paper: delta the preconditioned layers' update, M(delta) its predicted change, and h(theta + delta) taken with every
-other parameter at theta and no weight decay (two forwards, no Jacobian-vector product); otherwise delta is the whole step, the model
-measured by one forward-mode pass.
+other parameter at theta and no weight decay (two forwards, no Jacobian-vector product); otherwise delta is the whole
+step, the model measured by one forward-mode pass.
 """
 
 import math
