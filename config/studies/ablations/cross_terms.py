@@ -2,7 +2,8 @@
 # damped Fisher A(x)G + lambda I + gamma (beta A(x)I + alpha I(x)G) (optim/solves.py), gamma 0 (Fixed Fisher) to 1
 # (KFAC's (A + alpha I)(x)(G + beta I)), in the same eigenbasis solve, on the same refresh schedule, with the same
 # relative lambda: nothing but gamma changes. lambda 1e-1 is where both ends were best in
-# config/studies/ablations/damping.py (one seed), 3e-2 and 3e-1 on either side of it. Three seeds, paired against gamma 0 at lambda 1e-1.
+# config/studies/ablations/damping.py (one seed), 3e-2 and 3e-1 on either side of it. Three seeds, paired against
+# gamma 0 at lambda 1e-1.
 #   OMP_NUM_THREADS=1 python study.py config/studies/ablations/cross_terms.py
 # Cost: 15 runs x 3 seeds x 1000 iterations x ~180 ms (fixed_fisher_small) = 8,100 s, plus evaluations
 # (11 x 200 batches x ~14 ms x 45 runs = 1,400 s): about 2.6 core-hours, 1.3 hours at jobs = 2.
