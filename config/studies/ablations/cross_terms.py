@@ -16,3 +16,6 @@ reference = 'fixed_fisher_small damping=1e-1 cross_terms=0.0'
 out_dir = 'out-ablation-cross-terms'
 jobs = 2
 plot_vs = 'cross_terms'  # final_val_loss_vs_cross_terms.png: a line per lambda
+# gamma against gamma 0 at each lambda, and against gamma 1 at 1e-1, paired (the other Delta columns of results.md)
+compare_to = ['fixed_fisher_small damping=3e-2 cross_terms=0.0', 'fixed_fisher_small damping=3e-1 cross_terms=0.0',
+              'fixed_fisher_small damping=1e-1 cross_terms=1.0']
