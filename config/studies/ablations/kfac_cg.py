@@ -14,3 +14,4 @@ seeds = [1337, 1, 2]
 reference = 'fixed_fisher_small'
 out_dir = 'out-ablation-kfac-cg'
 jobs = 2
+compare_to = ['fixed_fisher_small solve=kfac_cg cg_steps=0']  # and against KFAC's answer (0 steps), paired
