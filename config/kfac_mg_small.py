@@ -2,8 +2,8 @@
 # momentum mu from the quadratic model on each step's batch (section 7, step_rule='quadratic'), lambda adapted by
 # the Levenberg-Marquardt rule (section 6.5), no grafting, no KL clip, no gradient clipping (the model needs the
 # step's true gradient). The scheduled learning_rate only caps alpha; the AdamW part keeps the small config's lr.
-# Not tuned yet: config/studies/ablations/martens_grosse.py measures it against the grafted config
-# (config/fixed_fisher_mg_small.py is the same recipe with Fixed Fisher).
+# Measured against the grafted config in config/studies/ablations/martens_grosse.py: it stalls near the unigram loss
+# (README, Ablations). config/fixed_fisher_mg_small.py is the same recipe with Fixed Fisher.
 exec(open('config/kfac_small.py').read())
 
 out_dir = 'out-kfac-mg-small'

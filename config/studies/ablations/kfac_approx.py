@@ -1,7 +1,7 @@
 # Every token a sample ('expand') or every sequence one ('reduce', Eschenhagen et al. 2023: a sequence's mean input
 # and its output gradients' sum / sqrt(T), optim/capture.py) for KFAC and Fixed Fisher at their small configs:
 # val loss and the factor capture's ms (ms_factors), three seeds, paired against expand (the configs' own setting:
-# those runs have the same arguments as martens_grosse.py's, and are read from its runs when copied here).
+# those runs have the same arguments as martens_grosse_alpha.py's, and are read from its runs when copied here).
 #   OMP_NUM_THREADS=1 python study.py config/studies/ablations/kfac_approx.py
 # Cost: 4 runs x 3 seeds x 1000 iterations x ~0.1 s + evaluations: about 0.5 core-hours.
 runs = [f'config/{name}_small.py{approx}' for name in ('kfac', 'fixed_fisher')

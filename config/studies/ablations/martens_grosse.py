@@ -1,8 +1,8 @@
 # KFAC and Fixed Fisher as Martens & Grosse ran KFAC (config/{kfac,fixed_fisher}_mg_small.py: alpha and mu from the
 # quadratic model, Levenberg-Marquardt lambda, no grafting) against their grafted small configs and AdamW, with the
 # LM rule started from two lambda a decade apart, 1000 iterations. One seed: every run of the recipe stalls near the
-# unigram loss (~3.3, against 1.83-1.95 for the others), a gap no seed changes; the 2 x 2 model's mu (-10 to +40) is
-# what stalls it, and martens_grosse_alpha.py (the same with momentum 0: alpha alone) is the three-seed comparison.
+# unigram loss (~3.3, against 1.84-1.95 for the others), a gap no seed changes; the 2 x 2 model's mu swings from -10
+# to +43. martens_grosse_alpha.py (the same with momentum 0: alpha alone) is the three-seed comparison.
 #   OMP_NUM_THREADS=1 python study.py config/studies/ablations/martens_grosse.py
 # Cost: 7 runs x 1000 iterations x ~0.1 s (0.3 s for the mg runs) + evaluations: about 0.4 core-hours.
 runs = ['config/adamw_small.py', 'config/kfac_small.py', 'config/fixed_fisher_small.py'] + \
