@@ -6,6 +6,7 @@ file is an error, not a program.
 """
 
 import os
+import platform
 import subprocess
 
 import torch
@@ -54,3 +55,18 @@ def git_state(folder=os.path.dirname(os.path.abspath(__file__))):
         return dict(git_commit=head.stdout.strip(), git_clean=not status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return dict(git_commit=None, git_clean=None)
+
+
+def machine_name():
+    """The machine a run's seconds were measured on: the CPU model and the cores torch may use, and the GPU if any
+    (config.json and results.json carry it beside the commit; a time is comparable only on the same machine)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+    except OSError:
+        pass
+    name = f"{cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        name += f", {torch.cuda.get_device_name()}"
+    return f"{name}, torch {torch.__version__}"

@@ -83,8 +83,8 @@ results.json: {"rows": the table's runs (each spec at its best point), "trials":
 grid point), seed, status, error, final_val_loss, best_val_loss, final_train_loss, val_loss_se (its final
 evaluation's), steps_to_target, seconds_to_target, iters, tokens, time_s, the ms keys, peak_mem_mb, out_dir (the
 folder its records were read from: OUT/<run>, or DIR/runs/<run> for a run read from there), returncode, wall_s
-(null where unknown or reused), reused, and git_commit, git_clean (from its config.json: the commit train.py ran
-from, and whether no tracked file was modified). A row has its first seed's full-length trial's keys (tuned: the best
+(null where unknown or reused), reused, and git_commit, git_clean, machine (from its config.json: the commit train.py
+ran from, whether no tracked file was modified, and checkpoint.machine_name() of where it ran). A row has its first seed's full-length trial's keys (tuned: the best
 point; status and error: the first seed's that did not end well, 'pending' for one not run yet) and
   grid                    {axis: every value tried}; edge: the axes whose best is still on the grid's edge
   seeds, final_val_losses the seeds (null: the config's) and each one's final val loss (null: diverged or failed),
@@ -375,6 +375,7 @@ def summarize(run_dir, returncode, target_loss):
     if c is not None and row['iters'] is not None:
         row['tokens'] = row['iters'] * c['gradient_accumulation_steps'] * c['batch_size'] * c['block_size']
     row['git_commit'], row['git_clean'] = (c or {}).get('git_commit'), (c or {}).get('git_clean')  # what it ran
+    row['machine'] = (c or {}).get('machine')  # where its seconds were measured (None: a run before this record)
     return row
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import git_state, load_checkpoint, save_checkpoint
+from checkpoint import git_state, load_checkpoint, machine_name, save_checkpoint
 from data.common import load_meta
 from model import GPT, GPTConfig
 from optim import build_optimizer, optimizer_kwargs
@@ -459,7 +459,7 @@ if master_process:
         keep_metrics_until(metrics_path, iter_num)
     if not (eval_only and init_from == 'resume'):
         with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-            json.dump({**config, **git_state()}, f, indent=1)  # the config, and the commit the run ran from
+            json.dump({**config, **git_state(), 'machine': machine_name()}, f, indent=1)  # and where it ran
     if wandb_log:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)

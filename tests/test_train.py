@@ -1,6 +1,7 @@
 """train.py and sample.py end to end on CPU, on a tiny synthetic character set made here."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -182,10 +183,13 @@ def test_eval_reports_the_standard_error_of_its_batches(tiny_data, tmp_path):
 
 
 def test_config_json_records_the_commit_the_run_ran_from(tiny_data, tmp_path):
-    """config.json carries git_commit (HEAD of the checkout train.py ran from, as git itself says) and git_clean."""
+    """config.json carries git_commit (HEAD of the checkout train.py ran from, as git itself says), git_clean and the
+    machine (its CPU model as /proc/cpuinfo or platform names it)."""
     train(tiny_data, tmp_path, '--max_iters=1', '--eval_interval=1')
     with open(tmp_path / 'config.json') as f:
         config = json.load(f)
+    assert config['machine'].startswith(platform.processor() or platform.machine()) or (
+        os.path.exists('/proc/cpuinfo') and config['machine'].split(',')[0] in open('/proc/cpuinfo').read())
     head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True, text=True)
     if head.returncode != 0:
         assert config['git_commit'] is None and config['git_clean'] is None
