@@ -13,3 +13,6 @@ reference = 'kfac_small'
 compare_to = ['fixed_fisher_small']
 out_dir = 'out-ablation-kfac-approx'
 jobs = 2
+# seconds and ms/iter from config/studies/timing_all_small.py (each arm alone on the machine; these runs went two at a
+# time, which slows both): its rows have these runs' names
+timing = 'results/timing_all_small/results.json'

@@ -15,3 +15,6 @@ reference = 'fixed_fisher_small'
 out_dir = 'out-ablation-kfac-cg'
 jobs = 2
 compare_to = ['fixed_fisher_small solve=kfac_cg cg_steps=0']  # and against KFAC's answer (0 steps), paired
+# seconds and ms/iter from config/studies/timing_all_small.py (each arm alone on the machine; these runs went two at a
+# time, which slows both): its rows have these runs' names
+timing = 'results/timing_all_small/results.json'
