@@ -7,3 +7,6 @@ exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds
 train_args += ['--batch_size=48', '--max_iters=500', '--lr_decay_iters=500', '--warmup_iters=25', '--eval_interval=50']
 tune_iters = None
 out_dir = 'out-scale-batch48_tokens'
+# seconds and ms/iter from config/studies/scale/timing_batch48_tokens.py (each method alone on the machine; these runs went
+# two at a time)
+timing = 'results/scale/timing_batch48_tokens/results.json'

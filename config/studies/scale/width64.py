@@ -5,3 +5,6 @@ exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds
 train_args += ['--n_embd=64', '--n_head=2', '--max_iters=500', '--lr_decay_iters=500', '--warmup_iters=25', '--eval_interval=50']
 tune_iters = None
 out_dir = 'out-scale-width64'
+# seconds and ms/iter from config/studies/scale/timing_width64.py (each method alone on the machine; these runs went
+# two at a time)
+timing = 'results/scale/timing_width64/results.json'
