@@ -48,6 +48,8 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
                          finished run instead of rerunning it. A study file's default: results/<study>
                          (results/<group>/<study> for config/studies/<group>/), relative to the current folder;
                          --results_dir= (empty) turns it off
+  --runs_from=DIR,...    more results folders whose runs/<run>/ a finished run is read from (not copied): a study
+                         that re-reads another's runs (a subset of its methods, other timing) without rerunning them
   --nproc=1              ranks per run: above 1, each run goes under torchrun --standalone --nproc_per_node=N
   --jobs=1               runs at a time (each its own process: with OMP_NUM_THREADS=1, one per core)
   --plot_vs=KEY          also final_val_loss_vs_KEY.png: the runs' final val loss (mean, 95% interval over the seeds)
@@ -64,7 +66,7 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
 A study file (config/studies/*.py, config/studies/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
 target_loss, out_dir, jobs, nproc, seeds, reference, compare_to, max_grid_extensions, ladder, ladder_budgets,
-tune_iters, results_dir, plot_vs and timing (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
+tune_iters, results_dir, runs_from, plot_vs and timing (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
 appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
 
 A run's name is its optimizer (or config file) and overrides ("kfac damping=1e-2 learning_rate=1e-3"), its folder
@@ -122,7 +124,8 @@ from plot import BREAKDOWN, finite, median_ms, plot_final_vs, plot_runs, read_re
 here = os.path.dirname(os.path.abspath(__file__))
 ALIASES = {'lr': 'learning_rate'}  # --tune lr=... is the peak learning rate
 STUDY_KEYS = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc', 'seeds', 'reference', 'compare_to',
-              'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir', 'plot_vs', 'timing'}
+              'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir', 'runs_from', 'plot_vs',
+              'timing'}
 LOG_TAIL = 50  # lines of train.log that summarize reads, and that DIR/runs/<run>/ keeps
 
 # results.md's columns: (header, results.json key, format), in groups; the optional ones are shown when the study
@@ -486,11 +489,11 @@ def write_results(folder, table, results):
 
 def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False,
               seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets=(1, 2, 4),
-              tune_iters=None, results_dir=None, plot_vs=None, compare_to=(), timing=None):
+              tune_iters=None, results_dir=None, plot_vs=None, compare_to=(), timing=None, runs_from=()):
     """Runs every spec over the grid at the first seed (the grid extended beyond an edge its best lies on), then
     its best point at every seed (and the ladder's at every budget), `jobs` at a time; each spec goes on as soon as
-    its own trials end. A trial that already ran to its end in its folder (OUT/<run>, or results_dir/runs/<run>)
-    with the same arguments is read, not rerun, unless rerun. Returns (rows: each spec at its best point, trials:
+    its own trials end. A trial that already ran to its end in its folder (OUT/<run>, results_dir/runs/<run>, or
+    runs_from's <dir>/runs/<run>) with the same arguments is read, not rerun, unless rerun. Returns (rows: each spec at its best point, trials:
     all of them, the markdown table). results.md and results.json (in results_dir, else out_dir) are rewritten
     after each run (an interrupted study keeps what it has), the plots of the rows' runs are drawn at the end."""
     seeds = list(seeds) if seeds else [None]  # None: the config's seed, no --seed argument
@@ -634,8 +637,9 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
         and returns its row; with a results_dir, its records are kept there."""
         run_dir = os.path.join(out_dir, t['trial'].replace(' ', '_'))
         kept = os.path.join(results_dir, 'runs', os.path.basename(run_dir)) if results_dir else None
+        elsewhere = [os.path.join(d, 'runs', os.path.basename(run_dir)) for d in runs_from]
         source, returncode = run_dir, None
-        for where in [] if rerun else filter(None, [run_dir, kept]):
+        for where in [] if rerun else filter(None, [run_dir, kept, *elsewhere]):
             returncode = finished(where, t['args'], nproc)
             if returncode is not None:
                 source = where
@@ -749,6 +753,11 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
     return rows, trials, table
 
 
+def listed(value):
+    """A study key's list: from the command line a comma-separated string ('' none), from a study file a list."""
+    return [v for v in value.split(',') if v] if isinstance(value, str) else list(value)
+
+
 def study_results_dir(path):
     """results/<name> for a study file config/studies/<name>.py, results/<group>/<name> for
     config/studies/<group>/<name>.py (ablations, scale: where the README's results are); results/<name> for any
@@ -765,7 +774,7 @@ def main(argv):
         return
     opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-study', nproc=1, jobs=1, rerun='False',
                 seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets='1,2,4',
-                tune_iters=None, results_dir=None, plot_vs=None, compare_to='', timing=None)
+                tune_iters=None, results_dir=None, plot_vs=None, compare_to='', timing=None, runs_from='')
     tunes, train_args = [], []
     argv = list(argv)
     study = [a for a in argv if a.endswith('.py') and os.path.isfile(a) and 'runs' in read_py(a)]
@@ -812,8 +821,8 @@ def main(argv):
                         ladder_budgets=numbers(opts['ladder_budgets'], float),
                         tune_iters=None if opts['tune_iters'] is None else int(opts['tune_iters']),
                         results_dir=opts['results_dir'], plot_vs=opts['plot_vs'],
-                        compare_to=opts['compare_to'].split(',') if isinstance(opts['compare_to'], str)
-                        else list(opts['compare_to']), timing=opts['timing'])
+                        compare_to=listed(opts['compare_to']), timing=opts['timing'],
+                        runs_from=listed(opts['runs_from']))
     print(table)
     print(f"wrote {os.path.join(opts['results_dir'] or opts['out_dir'], 'results.md')}, results.json and the plots")
 

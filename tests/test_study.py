@@ -426,6 +426,38 @@ def test_restarted_study_reads_its_kept_runs(tmp_path, monkeypatch):
     assert all(t['reused'] for t in again['trials']) and os.path.exists(tmp_path / 'kept' / 'results.md')
 
 
+
+def test_a_study_reads_another_studys_runs_from_its_folder(tmp_path, monkeypatch):
+    """runs_from: a second study over a subset of the first's runs (and one new run) reads the finished ones from
+    the first's results folder, without rerunning or copying them, and runs only the new one; its table has the
+    same losses as the first's."""
+    calls = []
+
+    def recording_run(args, run_dir, nproc):
+        calls.append(arg(args, 'wandb_run_name'))
+        return fake_train(seeded_loss)(args, run_dir, nproc)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study, 'run_one', recording_run)
+    common = "train_args = ['--max_iters=4']\ntune = ['lr=1e-3,1e-2']\nseeds = [1, 2]\nreference = 'adamw'\n"
+    (tmp_path / 'first.py').write_text(f"runs = ['adamw', 'soap']\n{common}out_dir = 'out1'\nresults_dir = 'a'\n")
+    study.main(['first.py'])
+    first = len(calls)
+    (tmp_path / 'second.py').write_text(f"runs = ['adamw', 'muon']\n{common}out_dir = 'out2'\nresults_dir = 'b'\n"
+                                        "runs_from = ['a']\n")
+    shutil.rmtree(tmp_path / 'out1')
+    study.main(['second.py'])
+    new = calls[first:]
+    assert new and all(c.startswith('muon') for c in new)  # adamw's 4 trials were read from a/runs
+    with open(tmp_path / 'a' / 'results.json') as f:
+        a = {r['name']: r for r in json.load(f)['rows']}
+    with open(tmp_path / 'b' / 'results.json') as f:
+        b = json.load(f)
+    adamw = [t for t in b['trials'] if t['name'] == 'adamw']
+    assert len(adamw) == 4 and all(t['reused'] and t['out_dir'].startswith(os.path.join('a', 'runs')) for t in adamw)
+    assert sorted(os.listdir(tmp_path / 'b' / 'runs')) == sorted(c.replace(' ', '_') for c in new)  # not copied
+    assert b['rows'][0]['final_val_losses'] == a['adamw']['final_val_losses']
+
 def ladder_loss(args):
     """adamw's final val loss falls with its budget (2.0, 1.8, 1.7 after 4, 8, 16 iterations); muon ends between
     adamw's 2x and 4x at seed 1 and between its 1x and 2x at seed 2, soap below its 4x, kfac above its 1x."""
