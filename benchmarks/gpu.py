@@ -25,15 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMIZERS = ['adamw', 'kfac', 'fixed_fisher', 'muon']
 KRONECKER = ['--damping_mode=relative', '--damping=1e-1', '--grafting=adam', '--factor_update_freq=10',
              '--inv_update_freq=10']  # the small configs' Kronecker settings
-# (name, train.py arguments): GPT-2 124M for step time, ~20M for the equal-steps look; --tiny shrinks both
+# (name, train.py arguments): GPT-2 124M for step time, ~20M for the equal-steps look; --tiny: one tiny size
 FULL = dict(step_time=['--n_layer=12', '--n_head=12', '--n_embd=768', '--block_size=1024', '--batch_size=8',
                        '--max_iters=40', '--compile=True', '--dtype=bfloat16'],
             equal_steps=['--n_layer=6', '--n_head=6', '--n_embd=384', '--block_size=256', '--batch_size=32',
                          '--max_iters=300', '--compile=False', '--dtype=bfloat16'])
-TINY = dict(step_time=['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=2',
-                       '--max_iters=4', '--compile=False', '--dtype=float32', '--device=cpu'],
-            equal_steps=['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=2',
-                         '--max_iters=4', '--compile=False', '--dtype=float32', '--device=cpu'])
+TINY_SIZE = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=2', '--max_iters=4',
+             '--compile=False', '--dtype=float32', '--device=cpu']
+TINY = dict(step_time=TINY_SIZE, equal_steps=TINY_SIZE)
 
 
 def train(optimizer, args, out_dir):
@@ -72,9 +71,9 @@ def main(argv=None):
     runs = os.path.join(args.out, 'runs')
     lines = [head + "| optimizer | ms/iter | fwd+bwd | factors | decomp | precond | step | × adamw |",
              "|---|---|---|---|---|---|---|---|"]
-    base = None
+    base, step_time_runs = None, {}
     for name in OPTIMIZERS:
-        trains, _ = train(name, sizes['step_time'], os.path.join(runs, f'step_time_{name}'))
+        trains, _ = step_time_runs[name] = train(name, sizes['step_time'], os.path.join(runs, f'step_time_{name}'))
         ms = median_ms(trains[len(trains) // 2:])  # past compilation and warmup
         base = ms['ms_per_iter'] if name == 'adamw' else base
         cells = [f"{ms[k]:.1f}" if k in ms else '—' for k in ('ms_per_iter', 'ms_fwd_bwd', 'ms_factors', 'ms_decomp',
@@ -83,8 +82,9 @@ def main(argv=None):
     with open(os.path.join(args.out, 'step_time.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     lines = [head + "| optimizer | final val loss | iterations |", "|---|---|---|"]
-    for name in OPTIMIZERS:
-        _, evals = train(name, sizes['equal_steps'], os.path.join(runs, f'equal_steps_{name}'))
+    for name in OPTIMIZERS:  # (--tiny's two sizes are one: its step-time runs serve)
+        _, evals = step_time_runs[name] if sizes['equal_steps'] == sizes['step_time'] else \
+            train(name, sizes['equal_steps'], os.path.join(runs, f'equal_steps_{name}'))
         lines.append(f"| {name} | {evals[-1]['val_loss']:.4f} | {evals[-1]['iter']} |")
     with open(os.path.join(args.out, 'equal_steps.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')

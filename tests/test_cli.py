@@ -2,10 +2,9 @@
 their defaults and comments) on stdout, exit status 0, no traceback."""
 import ast
 import os
-import subprocess
-import sys
-
 import pytest
+
+import forkrun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # train.py, sample.py and benchmarks/fisher_quality.py (the configurator's) are tested below, with their keys
@@ -17,8 +16,7 @@ SCRIPTS = ['study.py', 'plot.py', 'benchmarks/attention.py', 'benchmarks/ddp.py'
 def help_of(script, flag='--help'):
     # benchmarks/ import the repository's modules: they run as modules from its root, as their docstrings say
     command = ['-m', script[:-3].replace('/', '.')] if script.startswith('benchmarks/') else [os.path.join(REPO, script)]
-    result = subprocess.run([sys.executable, *command, flag], capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=120)
+    result = forkrun.run([*command, flag], cwd=REPO, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr[-3000:]
     return result.stdout
 

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+import forkrun
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -103,7 +105,6 @@ def test_config_file_with_unknown_key_fails(tmp_path):
 
 
 def test_train_py_rejects_unknown_key():
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '--dampnig=1e-2'],
-                            capture_output=True, text=True, cwd=REPO)
+    result = forkrun.run([os.path.join(REPO, 'train.py'), '--dampnig=1e-2'], cwd=REPO, env=dict(os.environ))
     assert result.returncode != 0
     assert "unknown config key 'dampnig'; did you mean 'damping'?" in result.stderr.strip().splitlines()[-1]

@@ -4,12 +4,11 @@ error, and a crafted meta.pkl is never unpickled by default. Tiny untrained chec
 import os
 import pickle
 import runpy
-import subprocess
-import sys
 
 import pytest
 import torch
 
+import forkrun
 from checkpoint import save_checkpoint
 from model import GPT, GPTConfig
 from test_data import Payload
@@ -35,9 +34,8 @@ def checkpoint(tmp_path, vocab_size):
 
 
 def sample(out_dir, *args, env=None):
-    return subprocess.run([sys.executable, os.path.join(REPO, 'sample.py'), f'--out_dir={out_dir}', '--device=cpu',
-                           '--num_samples=2', '--max_new_tokens=6', *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
+    return forkrun.run([os.path.join(REPO, 'sample.py'), f'--out_dir={out_dir}', '--device=cpu', '--num_samples=2',
+                        '--max_new_tokens=6', *args], cwd=REPO, env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
 
 
 def test_character_model_decodes_through_meta_json(tmp_path):

@@ -4,7 +4,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+import forkrun
 import study
 from test_train import REPO, TINY, tiny_data  # noqa: F401 (tiny_data is a fixture)
 
@@ -23,10 +23,9 @@ FIELDS = {'name', 'optimizer', 'tuned', 'status', 'final_val_loss', 'best_val_lo
 
 def run_study(tiny_data, out_dir, *args, results_dir=None):
     """study.py on the tiny data; its results.json (from results_dir, if given, else out_dir)."""
-    command = [sys.executable, os.path.join(REPO, 'study.py'), *TINY, '--dataset=tiny', f'--data_dir={tiny_data}',
+    command = [os.path.join(REPO, 'study.py'), *TINY, '--dataset=tiny', f'--data_dir={tiny_data}',
                f'--out_dir={out_dir}', *args, *([f'--results_dir={results_dir}'] if results_dir else [])]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    result = forkrun.run(command, cwd=REPO, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode == 0, f"study.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     with open(os.path.join(results_dir or out_dir, 'results.json')) as f:
         return result, json.load(f)
@@ -153,8 +152,8 @@ def test_tune_keeps_each_optimizers_best_and_plot_cli(tmp_path, monkeypatch):
 
     out = tmp_path / 'plots'
     dirs = [t['out_dir'] for t in results['trials']]
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'plot.py'), *dirs, ','.join(dirs[1:3]),
-                             f'--out={out}', '--target_loss=2.0'], capture_output=True, text=True, cwd=tmp_path)
+    result = forkrun.run([os.path.join(REPO, 'plot.py'), *dirs, ','.join(dirs[1:3]), f'--out={out}',
+                          '--target_loss=2.0'], cwd=str(tmp_path), env=dict(os.environ))
     assert result.returncode == 0, result.stderr
     assert_valid_pngs(out)
 

@@ -11,6 +11,7 @@ import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
 from data.common import write_meta
+import forkrun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIRROR = os.environ.get('NANOFISHER_DATA_MIRROR') or os.path.join(REPO, '..', 'shared', 'data')
@@ -34,12 +35,16 @@ def tiny_data(tmp_path_factory):
 
 
 def run(script, *args, check=True, torchrun=0, env=None):
-    command = [sys.executable, os.path.join(REPO, script), *args]
+    """`python script args` (or under torchrun with that many ranks): a fresh process, forked from one that has
+    imported torch already unless it is torchrun's (tests/forkrun.py)."""
+    command = [os.path.join(REPO, script), *args]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})}
     if torchrun:
         command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={torchrun}',
-                   *command[1:]]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
+                   *command]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+    else:
+        result = forkrun.run(command, cwd=REPO, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
