@@ -2,6 +2,8 @@
 # (1.5 epochs). Cost: ms/iter ~16x batch 12's (~1.5 s): 53 runs x 125 x 1.5 s + the ladder = ~3.5 core-hours.
 #   OMP_NUM_THREADS=1 python study.py config/studies/scale/batch192_tokens.py
 exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds, references (run from the root)
-train_args += ['--batch_size=192', '--max_iters=125', '--lr_decay_iters=125', '--warmup_iters=6', '--eval_interval=25']
+# eval_iters 13: the val tokens of an evaluation (13 x 192 sequences) as at batch 12's 200 (a noise, not a cost, to hold)
+train_args += ['--batch_size=192', '--max_iters=125', '--lr_decay_iters=125', '--warmup_iters=6', '--eval_interval=25',
+               '--eval_iters=13']
 tune_iters = None
 out_dir = 'out-scale-batch192_tokens'
