@@ -1,6 +1,6 @@
 """tests/forkrun.py, which runs train.py and sample.py for the other tests, shows what a plain subprocess shows:
 the same exit status, stdout and stderr, argv, working directory, environment and sys.path, atexit handlers run,
-an uncaught exception's traceback, and `python -m`."""
+an uncaught exception's traceback, `python -m`, and torch's thread count from the run's own OMP_NUM_THREADS."""
 import os
 import subprocess
 import sys
@@ -42,3 +42,17 @@ def test_python_dash_m_runs_the_module_from_the_working_directory(tmp_path):
     forked = forkrun.run(['-m', 'probe_module', 'exit3'], cwd=str(tmp_path), env=dict(os.environ))
     assert forked.returncode == plain.returncode == 3
     assert forked.stdout == plain.stdout and f'path0 {tmp_path} ' in forked.stdout
+
+
+@pytest.mark.parametrize('threads', ['1', '2', None])
+def test_a_forked_run_takes_its_thread_count_from_its_own_environment(tmp_path, threads):
+    """torch reads OMP_NUM_THREADS once, at import: a child forked from the server must still use its own."""
+    script = tmp_path / 'threads.py'
+    script.write_text('import torch; print(torch.get_num_threads())')
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    if threads is not None:
+        env['OMP_NUM_THREADS'] = threads
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    forked = forkrun.run([str(script)], cwd=str(tmp_path), env=env)
+    assert plain.returncode == forked.returncode == 0, plain.stderr + forked.stderr
+    assert forked.stdout == plain.stdout
