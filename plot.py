@@ -18,7 +18,7 @@ $ python plot.py --ladder results/compare_all_small results/scale/batch48_tokens
 reads study.py's results.json of each cell of a scale ladder (config/studies/scale/) and writes
 ladder_vs_<x>.png: per method against x (tokens per step, or parameters), the speedup over AdamW in tokens and in
 seconds (mean, 95% interval over the seeds), the Fixed Fisher - KFAC gap, and the step time over AdamW's with its
-parts.
+parts; and ladder_vs_<x>.md (also printed): the same figures as a table, a row per method and cell.
 """
 
 import argparse
@@ -298,6 +298,42 @@ def plot_ladder(cells, out, x='tokens_per_step'):
     return path
 
 
+def ladder_table(cells, x='tokens_per_step'):
+    """The ladder as a markdown table (ladder_series): per method, a row per cell in order of x, with its tuned
+    point, seeds, final val loss (mean ± sd over the seeds), the paired difference to KFAC (mean [95% interval], * when
+    the interval leaves 0 out), the speedups over AdamW in tokens and seconds ('>'/'<' a bound) and ms/iter."""
+    num = lambda v, fmt: '—' if v is None else fmt.format(v)
+    interval = lambda ci, fmt: f' [{fmt.format(ci[0])}, {fmt.format(ci[1])}]' if ci and ci[0] is not None else ''
+
+    def speedup(row, unit):
+        value = row.get(f'speedup_{unit}')
+        if value is None:
+            return '—'
+        bound = (row.get('speedup_beyond') or '').strip()
+        return f"{bound + ' ' if bound else ''}{value:.2f}×" + interval(row.get(f'speedup_{unit}_ci95'), '{:.2f}')
+
+    def gap(row):
+        mean, ci = row.get('diff_to_kfac_small_mean'), row.get('diff_to_kfac_small_ci95')
+        if mean is None:
+            return '—'
+        star = '*' if ci and ci[0] is not None and (ci[0] > 0 or ci[1] < 0) else ''
+        return f'{mean:+.3f}{star}' + interval(ci, '{:+.3f}')
+
+    label = 'tokens per step' if x == 'tokens_per_step' else 'parameters'
+    lines = [f'| method | {label} | tuned | seeds | final val loss ± sd | − KFAC [95% CI] | × AdamW tokens [95% CI] '
+             f'| × AdamW seconds [95% CI] | ms/iter |', '| --- ' * 9 + '|']
+    for method, points in ladder_series(cells, x).items():
+        for value, row in points:
+            tuned = ', '.join(f"{dict(learning_rate='lr', damping='λ').get(k, k)} {v}"
+                              for k, v in (row.get('tuned') or {}).items()) or '—'
+            gap_cell = '—' if method == 'kfac' else gap(row)
+            lines.append(f"| {method} | {value:,.0f} | {tuned} | {len(row.get('seeds') or row.get('out_dirs') or [])} "
+                         f"| {num(row.get('final_val_loss_mean'), '{:.3f}')} ± {num(row.get('final_val_loss_sd'), '{:.3f}')} "
+                         f"| {gap_cell} | {speedup(row, 'tokens')} | {speedup(row, 'seconds')} "
+                         f"| {num(row.get('ms_per_iter'), '{:.1f}')} |")
+    return '\n'.join(lines) + '\n'
+
+
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('run_dirs', nargs='+', help="train.py out_dirs (each with a metrics.jsonl); dir1,dir2,... "
@@ -310,6 +346,10 @@ if __name__ == '__main__':
     args = parser.parse_args()
     if args.ladder:
         print(f"wrote {plot_ladder(args.run_dirs, args.out, args.ladder_x)}")
+        table = ladder_table(args.run_dirs, args.ladder_x)
+        with open(os.path.join(args.out, f'ladder_vs_{args.ladder_x}.md'), 'w') as f:
+            f.write(table)
+        print(table, end='')
         raise SystemExit(0)
     for path in plot_runs([d.split(',') for d in args.run_dirs], args.out,
                           args.labels.split(',') if args.labels else None,

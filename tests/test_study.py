@@ -723,8 +723,9 @@ def test_a_study_files_results_dir_follows_its_group():
 
 def test_ladder_plot_reads_each_cells_rows(tmp_path):
     """plot.py --ladder: each cell's rows become one point per method at its tokens per step (tokens / iters) or its
-    model's parameters (its first run's config.json, counted as the cost model counts them); the PNG is written."""
-    from plot import ladder_series, plot_ladder
+    model's parameters (its first run's config.json, counted as the cost model counts them); the PNG is written, and
+    the table has a row per method and cell with the row's own figures."""
+    from plot import ladder_series, ladder_table, plot_ladder
     from benchmarks.cost_model import layers_of
     cells = []
     for batch, width, gap in ((48, 64, 0.01), (12, 128, 0.04)):
@@ -736,7 +737,8 @@ def test_ladder_plot_reads_each_cells_rows(tmp_path):
                      ms_per_iter=ms, ms_fwd_bwd=ms / 2, ms_decomp=ms / 8, ms_precond=ms / 4, speedup_tokens=s,
                      speedup_tokens_ci95=[s - 0.1, s + 0.1], speedup_seconds=s / 2, speedup_seconds_ci95=None,
                      speedup_beyond=None, diff_to_kfac_small_mean=gap if m == 'fixed_fisher' else 0.0,
-                     diff_to_kfac_small_ci95=[gap - 0.02, gap + 0.02])
+                     diff_to_kfac_small_ci95=[gap - 0.02, gap + 0.02], tuned=dict(learning_rate='1e-3'), seeds=[1, 2],
+                     final_val_loss_mean=1.5 + gap, final_val_loss_sd=0.01)
                 for m, ms, s in (('adamw', 50.0, 1.0), ('kfac', 80.0, 2.0), ('fixed_fisher', 120.0, 1.5))]
         (cell / 'results.json').write_text(json.dumps(dict(rows=rows)))
         cells.append(str(cell))
@@ -749,5 +751,11 @@ def test_ladder_plot_reads_each_cells_rows(tmp_path):
                                              for w in (64, 128)]
     path = plot_ladder(cells, str(tmp_path / 'plots'), 'params')
     assert path.endswith('ladder_vs_params.png') and os.path.getsize(path) > 0
+    table = ladder_table(cells).splitlines()
+    assert len(table) == 2 + 3 * 2 and table[0].startswith('| method | tokens per step |')
+    assert table[-2:] == ['| fixed_fisher | 768 | lr 1e-3 | 2 | 1.540 ± 0.010 | +0.040* [+0.020, +0.060] | 1.50× [1.40, 1.60] '
+                          '| 0.75× | 120.0 |',
+                          '| fixed_fisher | 3,072 | lr 1e-3 | 2 | 1.510 ± 0.010 | +0.010 [-0.010, +0.030] '
+                          '| 1.50× [1.40, 1.60] | 0.75× | 120.0 |']
     with pytest.raises(ValueError, match='tokens'):
         ladder_series(cells, 'layers')
