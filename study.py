@@ -59,6 +59,9 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
                          timing row of the same name, so that × seconds does not depend on what ran beside it
                          (the measured time_s is kept as measured_time_s); one ms/iter per run name, so a
                          grid over a knob that changes a step's cost (factor_update_freq) is not retimed per point
+  --tuned_from=FILE      another study's results.json (a cell of the same methods at another length): each run
+                         runs only the best point of its row there, at every seed, instead of a grid of its own
+                         (--tune and --tune_iters are then unused); a run with no row there is an error
   --rerun=False          a run that already ran to its end with the same arguments (OUT/<run>/run.json, or
                          DIR/runs/<run>/run.json) is read, not run again: extend a grid or add runs and only they
                          run; True reruns all
@@ -66,7 +69,7 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
 A study file (config/studies/*.py, config/studies/ablations/*.py) is a Python file that sets `runs`: a list of run
 specs as above; and optionally train_args (the shared train.py arguments), tune (a list of KEY=v1,v2,...),
 target_loss, out_dir, jobs, nproc, seeds, reference, compare_to, max_grid_extensions, ladder, ladder_budgets,
-tune_iters, results_dir, runs_from, plot_vs and timing (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
+tune_iters, results_dir, runs_from, plot_vs, timing and tuned_from (STUDY_KEYS). Arguments on the command line come after the file's: shared train.py arguments are
 appended (so they win), --runs/--optimizers and --tune add to the file's, the others replace.
 
 A run's name is its optimizer (or config file) and overrides ("kfac damping=1e-2 learning_rate=1e-3"), its folder
@@ -80,7 +83,7 @@ factor hooks run in the backward, decompositions and preconditioning in the step
 at the same time (--jobs above 1) share the machine: compare their times only with each other.
 
 results.json: {"rows": the table's runs (each spec at its best point), "trials": every run, "train_args",
-"target_loss", "seeds", "reference", "tune_iters", "max_grid_extensions", "ladder": null or {name, budgets, seeds:
+"target_loss", "seeds", "reference", "tune_iters", "max_grid_extensions", "tuned_from", "ladder": null or {name, budgets, seeds:
 [{seed, tokens, final_val_losses, seconds, monotone}]}}. A trial has name, trial, optimizer, overrides, tuned (its
 grid point), seed, status, error, final_val_loss, best_val_loss, final_train_loss, val_loss_se (its final
 evaluation's), steps_to_target, seconds_to_target, iters, tokens, time_s, the ms keys, peak_mem_mb, out_dir (the
@@ -125,7 +128,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 ALIASES = {'lr': 'learning_rate'}  # --tune lr=... is the peak learning rate
 STUDY_KEYS = {'runs', 'train_args', 'tune', 'target_loss', 'out_dir', 'jobs', 'nproc', 'seeds', 'reference', 'compare_to',
               'max_grid_extensions', 'ladder', 'ladder_budgets', 'tune_iters', 'results_dir', 'runs_from', 'plot_vs',
-              'timing'}
+              'timing', 'tuned_from'}
 LOG_TAIL = 50  # lines of train.log that summarize reads, and that DIR/runs/<run>/ keeps
 
 # results.md's columns: (header, results.json key, format), in groups; the optional ones are shown when the study
@@ -489,7 +492,8 @@ def write_results(folder, table, results):
 
 def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=True, jobs=1, rerun=False,
               seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets=(1, 2, 4),
-              tune_iters=None, results_dir=None, plot_vs=None, compare_to=(), timing=None, runs_from=()):
+              tune_iters=None, results_dir=None, plot_vs=None, compare_to=(), timing=None, runs_from=(),
+              tuned_from=None):
     """Runs every spec over the grid at the first seed (the grid extended beyond an edge its best lies on), then
     its best point at every seed (and the ladder's at every budget), `jobs` at a time; each spec goes on as soon as
     its own trials end. A trial that already ran to its end in its folder (OUT/<run>, results_dir/runs/<run>, or
@@ -499,12 +503,21 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
     seeds = list(seeds) if seeds else [None]  # None: the config's seed, no --seed argument
     budgets = sorted({1.0, *map(float, ladder_budgets)}) if ladder else [1.0]
     folder = results_dir or out_dir
+    best_elsewhere = {}  # run name -> its best point in tuned_from's study
+    if tuned_from:
+        with open(tuned_from) as f:
+            best_elsewhere = {r['name']: list(r['tuned'].items()) for r in json.load(f)['rows'] if r.get('tuned')
+                              is not None}
     runs = []  # one per row of the table: the spec, and its grid points (the knobs its optimizer takes)
     for spec, overrides in specs:
         optimizer = spec_optimizer(spec, train_args)
         config = spec if spec.endswith('.py') else None
         name = run_name(spec, overrides)
         points = [tuple((k, v) for k, v in point if tuned_here(optimizer, k)) for point in grid]
+        if tuned_from:
+            if name not in best_elsewhere:
+                raise ValueError(f"--tuned_from={tuned_from}: no row named {name!r} (rows: {list(best_elsewhere)})")
+            points = [tuple(best_elsewhere[name])]
         runs.append(dict(name=name, optimizer=optimizer, config=config, overrides=overrides,
                          points=[list(p) for p in dict.fromkeys(points)]))
     by_name = {r['name']: r for r in runs}
@@ -674,6 +687,8 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                          f"evaluation's standard error (sd of its batches / √eval_iters), the mean over the seeds. "
                          f"A seed that diverged leaves its run without a mean. The other columns (best val, steps, "
                          f"seconds, ms) are the first seed's run's.")
+        if tuned_from:
+            notes.append(f"Not tuned here: each run's point is its row's best point in {tuned_from}.")
         if timing:
             notes.append(f"Seconds and ms: each run's iterations times the ms/iter its config took alone on the "
                          f"machine ({timing}), not the time it took here.")
@@ -698,7 +713,7 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                  seconds=p and [x[2] for x in p], monotone=p and s not in falls) for s, p in points.items()])
         return rows, trials, table, dict(train_args=train_args, target_loss=target, seeds=seeds, reference=reference,
                                          tune_iters=tune_iters, max_grid_extensions=max_grid_extensions,
-                                         ladder=ladder_info, rows=rows, trials=trials)
+                                         tuned_from=tuned_from, ladder=ladder_info, rows=rows, trials=trials)
 
     bar = tqdm(total=0, desc='study', unit='run')  # the total grows as the plan does
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
@@ -774,7 +789,8 @@ def main(argv):
         return
     opts = dict(optimizers='', runs='', target_loss=None, out_dir='out-study', nproc=1, jobs=1, rerun='False',
                 seeds=None, reference=None, max_grid_extensions=2, ladder=None, ladder_budgets='1,2,4',
-                tune_iters=None, results_dir=None, plot_vs=None, compare_to='', timing=None, runs_from='')
+                tune_iters=None, results_dir=None, plot_vs=None, compare_to='', timing=None, runs_from='',
+                tuned_from=None)
     tunes, train_args = [], []
     argv = list(argv)
     study = [a for a in argv if a.endswith('.py') and os.path.isfile(a) and 'runs' in read_py(a)]
@@ -822,7 +838,7 @@ def main(argv):
                         tune_iters=None if opts['tune_iters'] is None else int(opts['tune_iters']),
                         results_dir=opts['results_dir'], plot_vs=opts['plot_vs'],
                         compare_to=listed(opts['compare_to']), timing=opts['timing'],
-                        runs_from=listed(opts['runs_from']))
+                        runs_from=listed(opts['runs_from']), tuned_from=opts['tuned_from'])
     print(table)
     print(f"wrote {os.path.join(opts['results_dir'] or opts['out_dir'], 'results.md')}, results.json and the plots")
 

@@ -370,6 +370,34 @@ def test_tune_iters_and_a_diverged_seed(tmp_path, monkeypatch):
     assert 'on runs of 2 iterations' in table
 
 
+def test_tuned_from_runs_each_rows_best_point_from_another_study(tmp_path, monkeypatch):
+    """--tuned_from: a study at another length (here 2 iterations, tuned) gives each run its best point there; the
+    longer study runs only that point at each seed, with no grid of its own; a run it has no row for is an error."""
+    calls = []
+
+    def recording_run(args, run_dir, nproc):
+        calls.append(args)
+        return fake_run(args, run_dir, nproc)
+
+    monkeypatch.setattr(study, 'run_one', recording_run)
+    monkeypatch.chdir(tmp_path)
+    study.main(['--optimizers=adamw,kfac', '--out_dir=short', '--max_iters=2', '--tune', 'lr=1e-3,1e-2,1e-1',
+                '--tune', 'damping=1e-1,1'])
+    tuned = {r['name']: r['tuned'] for r in json.load(open(tmp_path / 'short' / 'results.json'))['rows']}
+    assert tuned == {'adamw': {'learning_rate': '1e-2'}, 'kfac': {'learning_rate': '1e-2', 'damping': '1e-1'}}
+    calls.clear()
+    study.main(['--optimizers=adamw,kfac', '--out_dir=long', '--max_iters=8', '--tune', 'lr=1e-3,1e-2,1e-1',
+                '--seeds=1,2', '--tuned_from=short/results.json'])
+    assert sorted((arg(a, 'optimizer'), arg(a, 'learning_rate'), arg(a, 'damping'), arg(a, 'seed'), arg(a, 'max_iters'))
+                  for a in calls) == [('adamw', '1e-2', None, '1', '8'), ('adamw', '1e-2', None, '2', '8'),
+                                      ('kfac', '1e-2', '1e-1', '1', '8'), ('kfac', '1e-2', '1e-1', '2', '8')]
+    results = json.load(open(tmp_path / 'long' / 'results.json'))
+    assert results['tuned_from'] == 'short/results.json' and [r['tuned'] for r in results['rows']] == list(tuned.values())
+    assert "its row's best point in short/results.json" in open(tmp_path / 'long' / 'results.md').read()
+    with pytest.raises(ValueError, match="no row named 'muon'"):
+        study.main(['--optimizers=muon', '--out_dir=long', '--tuned_from=short/results.json'])
+
+
 class Interrupted(Exception):
     pass
 
@@ -680,6 +708,9 @@ def test_study_files_name_real_configs_and_globals(study_file, monkeypatch):
     assert all(other in names for other in settings.get('compare_to', [])), settings.get('compare_to')
     assert all(isinstance(s, int) for s in settings.get('seeds', []))
     assert all(isinstance(k, (int, float)) and k >= 1 for k in settings.get('ladder_budgets', []))
+    if settings.get('tuned_from') and os.path.exists(settings['tuned_from']):  # its rows hold every run's best point
+        with open(settings['tuned_from']) as f:
+            assert set(names) <= {r['name'] for r in json.load(f)['rows'] if r.get('tuned') is not None}
     grid = study.parse_tune(settings.get('tune', []))
     shared = settings.get('train_args', [])
     missing = []

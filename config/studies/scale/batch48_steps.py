@@ -1,8 +1,14 @@
 # Tokens-per-step ladder, fixed steps: batch 48 for 2,000 iterations (6.1M tokens, ~6 epochs: the model sees each
-# token ~6 times, so late val loss also measures overfitting). Tuned on 500-iteration runs. Cost: 39 x 500 x 0.4 s +
-# 14 x 2,000 x 0.4 s + the ladder (4,000 and 8,000 iterations x 2 seeds, AdamW ~0.3 s) = ~20 core-hours: a GPU cell.
+# token ~6 times, so late val loss also measures overfitting). Not tuned here: each method runs the best point of the
+# 500-iteration batch48_tokens cell (tuned_from), as a tune_iters = 500 grid would pick it. eval_iters 50: the val
+# tokens of batch 12's 200. Cost on 2 cores (ms/iter from results/scale/timing_batch48_tokens: 0.34-0.55 s, 3.0 s
+# summed over the 7 methods): 2 seeds x 2,000 x 3.0 s + AdamW's 4,000 and 8,000 x 2 seeds x 0.34 s = ~6 core-hours
+# (~3 hours at jobs = 2).
 #   OMP_NUM_THREADS=1 python study.py config/studies/scale/batch48_steps.py
 exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds, references (run from the root)
-train_args += ['--batch_size=48', '--max_iters=2000', '--lr_decay_iters=2000', '--warmup_iters=100', '--eval_interval=250']
-tune_iters = 500
+train_args += ['--batch_size=48', '--max_iters=2000', '--lr_decay_iters=2000', '--warmup_iters=100', '--eval_interval=250',
+               '--eval_iters=50']
+tuned_from = 'results/scale/batch48_tokens/results.json'
+tune_iters = None
 out_dir = 'out-scale-batch48_steps'
+timing = 'results/scale/timing_batch48_tokens/results.json'  # the same step: each method alone on the machine
