@@ -5,8 +5,9 @@ the tests run train.py and sample.py some hundred times. A server process import
 one child per run: the child takes the run's argv, environment and working directory, sends its stdout and
 stderr to files, runs the script as __main__ (the repository's own modules are imported fresh, in the child), runs
 its atexit handlers and exits with the script's code, so a test sees what a subprocess would show it. The server
-never computes before it forks (no threads to lose), and starts without OMP_NUM_THREADS: torch reads it once, at
-import, so each child sets its own thread count from its own environment (a float32 sum's order depends on it). NANOFISHER_TEST_FORK=0 (or a platform without fork) runs a
+never computes before it forks (no threads to lose). Torch, numpy's BLAS and OpenMP read their thread counts
+once, at import, from THREAD_VARIABLES: a run is forked from a server started with the run's own values of them
+(one server per setting), so its sums add up in the order a subprocess's would. NANOFISHER_TEST_FORK=0 (or a platform without fork) runs a
 plain subprocess instead.
 
     python tests/forkrun.py   # the server: reads one JSON request a line on stdin, answers the exit code
@@ -18,6 +19,7 @@ import sys
 import tempfile
 
 PRELOAD = ['numpy', 'torch', 'torch._dynamo', 'torch.distributed', 'torch.nn.parallel']  # third-party only
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
 
 
 def _child(request):
@@ -27,9 +29,6 @@ def _child(request):
         os.chdir(request['cwd'])
         os.environ.clear()
         os.environ.update(request['env'])
-        import torch
-        threads = os.environ.get('OMP_NUM_THREADS', '')
-        torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else _default_threads)
         for fd, path in ((1, request['stdout']), (2, request['stderr'])):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
@@ -61,14 +60,9 @@ def _child(request):
             os._exit(code)
 
 
-_default_threads = None  # torch's intra-op threads in a process started without OMP_NUM_THREADS
-
-
 def serve():
-    global _default_threads
     for name in PRELOAD:
         __import__(name)
-    _default_threads = sys.modules['torch'].get_num_threads()
     answer = os.fdopen(os.dup(1), 'w')  # the protocol's channel; fd 1 itself becomes each child's stdout
     for line in sys.stdin:
         request = json.loads(line)
@@ -81,23 +75,23 @@ def serve():
         answer.flush()
 
 
-_server = None
+_servers = {}  # the THREAD_VARIABLES' values -> a server started with them
 
 
 def run(argv, cwd, env):
     """subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=env), by a fork."""
-    global _server
     if os.environ.get('NANOFISHER_TEST_FORK', '1') == '0' or not hasattr(os, 'fork') or sys.platform == 'darwin':
         return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, env=env)
-    if _server is None or _server.poll() is not None:
-        server_env = {k: v for k, v in env.items() if k != 'OMP_NUM_THREADS'}
-        _server = subprocess.Popen([sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, env=server_env)
+    threads = tuple(env.get(name) for name in THREAD_VARIABLES)
+    if threads not in _servers or _servers[threads].poll() is not None:
+        _servers[threads] = subprocess.Popen([sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, text=True, env=env)
+    server = _servers[threads]
     with tempfile.TemporaryDirectory() as folder:
         out, err = os.path.join(folder, 'stdout'), os.path.join(folder, 'stderr')
-        _server.stdin.write(json.dumps(dict(argv=list(argv), cwd=cwd, env=dict(env), stdout=out, stderr=err)) + '\n')
-        _server.stdin.flush()
-        returncode = json.loads(_server.stdout.readline())
+        server.stdin.write(json.dumps(dict(argv=list(argv), cwd=cwd, env=dict(env), stdout=out, stderr=err)) + '\n')
+        server.stdin.flush()
+        returncode = json.loads(server.stdout.readline())
         read = lambda path: open(path, errors='replace').read() if os.path.exists(path) else ''
         return subprocess.CompletedProcess([sys.executable, *argv], returncode, read(out), read(err))
 
