@@ -300,16 +300,15 @@ def plot_ladder(cells, out, x='tokens_per_step'):
 
 def ladder_table(cells, x='tokens_per_step'):
     """The ladder as a markdown table (ladder_series): per method, a row per cell in order of x, with its tuned
-    point, seeds, final val loss (mean ± sd over the seeds), the paired difference to KFAC (mean [95% interval], * when
+    point, seeds (ended well / run), final val loss (mean ± sd over the seeds), the paired difference to KFAC (mean [95% interval], * when
     the interval leaves 0 out), the speedups over AdamW in tokens and seconds ('>'/'<' a bound) and ms/iter."""
     num = lambda v, fmt: '—' if v is None else fmt.format(v)
     interval = lambda ci, fmt: f' [{fmt.format(ci[0])}, {fmt.format(ci[1])}]' if ci and ci[0] is not None else ''
 
     def speedup(row, unit):
-        value = row.get(f'speedup_{unit}')
+        value, bound = row.get(f'speedup_{unit}'), (row.get('speedup_beyond') or '').strip()
         if value is None:
-            return '—'
-        bound = (row.get('speedup_beyond') or '').strip()
+            return '<> (seeds on both sides of the ladder)' if bound == '<>' else '—'
         return f"{bound + ' ' if bound else ''}{value:.2f}×" + interval(row.get(f'speedup_{unit}_ci95'), '{:.2f}')
 
     def gap(row):
@@ -319,6 +318,12 @@ def ladder_table(cells, x='tokens_per_step'):
         star = '*' if ci and ci[0] is not None and (ci[0] > 0 or ci[1] < 0) else ''
         return f'{mean:+.3f}{star}' + interval(ci, '{:+.3f}')
 
+    def seeds(row):
+        """The seeds that ended well, of those run ('2', or '1/2' where one diverged or failed)."""
+        losses = row.get('final_val_losses') or []
+        ended = sum(loss is not None for loss in losses)
+        return str(ended) if ended == len(losses) else f'{ended}/{len(losses)}'
+
     label = 'tokens per step' if x == 'tokens_per_step' else 'parameters'
     lines = [f'| method | {label} | tuned | seeds | final val loss ± sd | − KFAC [95% CI] | × AdamW tokens [95% CI] '
              f'| × AdamW seconds [95% CI] | ms/iter |', '| --- ' * 9 + '|']
@@ -327,7 +332,7 @@ def ladder_table(cells, x='tokens_per_step'):
             tuned = ', '.join(f"{dict(learning_rate='lr', damping='λ').get(k, k)} {v}"
                               for k, v in (row.get('tuned') or {}).items()) or '—'
             gap_cell = '—' if method == 'kfac' else gap(row)
-            lines.append(f"| {method} | {value:,.0f} | {tuned} | {len(row.get('seeds') or row.get('out_dirs') or [])} "
+            lines.append(f"| {method} | {value:,.0f} | {tuned} | {seeds(row)} "
                          f"| {num(row.get('final_val_loss_mean'), '{:.3f}')} ± {num(row.get('final_val_loss_sd'), '{:.3f}')} "
                          f"| {gap_cell} | {speedup(row, 'tokens')} | {speedup(row, 'seconds')} "
                          f"| {num(row.get('ms_per_iter'), '{:.1f}')} |")

@@ -61,7 +61,9 @@ study.py's own arguments; everything else (config files, --key=value) goes to ev
                          grid over a knob that changes a step's cost (factor_update_freq) is not retimed per point
   --tuned_from=FILE      another study's results.json (a cell of the same methods at another length): each run
                          runs only the best point of its row there, at every seed, instead of a grid of its own
-                         (--tune and --tune_iters are then unused); a run with no row there is an error
+                         (--tune_iters unused; --tune's axes, if given, must be the axes of that point); a run with
+                         no finished row there (pending, or every point failed) is an error; grid and edge are
+                         that study's
   --rerun=False          a run that already ran to its end with the same arguments (OUT/<run>/run.json, or
                          DIR/runs/<run>/run.json) is read, not run again: extend a grid or add runs and only they
                          run; True reruns all
@@ -457,7 +459,8 @@ def cell(row, key, fmt):
     return text
 
 
-def markdown(rows, target_loss, trials, seeds=None, reference=None, ladder=None, notes=(), compare_to=()):
+def markdown(rows, target_loss, trials, seeds=None, reference=None, ladder=None, notes=(), compare_to=(),
+             tuned_at_first_seed=True):
     """The table of rows (its optional columns as the study has them), its notes, then every trial when there are
     more trials than rows (a grid, seeds: so that a best value on the grid's edge shows)."""
     columns = [*NAME_COLUMNS, *(GRID_COLUMNS if any(r.get('grid') for r in rows) else []), *LOSS_COLUMNS,
@@ -466,7 +469,8 @@ def markdown(rows, target_loss, trials, seeds=None, reference=None, ladder=None,
                  ('Δ 95% CI', f'diff_to_{other}_ci95', '{:+.4f}') for other in compare_to for i in range(2)],
                *(LADDER_COLUMNS if ladder else []), *RUN_COLUMNS]
     target = f'{target_loss:g}' if target_loss is not None else 'target'
-    headers = [h.format(target=target, reference=reference, at_seed=f' at seed {seeds[0]}' if seeds else '')
+    at_seed = f' at seed {seeds[0]}' if seeds and tuned_at_first_seed else ''
+    headers = [h.format(target=target, reference=reference, at_seed=at_seed)
                for h, _, _ in columns]
     lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
     lines += ['| ' + ' | '.join(cell(row, key, fmt) for _, key, fmt in columns) + ' |' for row in rows]
@@ -503,11 +507,11 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
     seeds = list(seeds) if seeds else [None]  # None: the config's seed, no --seed argument
     budgets = sorted({1.0, *map(float, ladder_budgets)}) if ladder else [1.0]
     folder = results_dir or out_dir
-    best_elsewhere = {}  # run name -> its best point in tuned_from's study
+    tuned_rows = {}  # run name -> its row in tuned_from's study, whose tuning has ended with a best point
     if tuned_from:
         with open(tuned_from) as f:
-            best_elsewhere = {r['name']: list(r['tuned'].items()) for r in json.load(f)['rows'] if r.get('tuned')
-                              is not None}
+            tuned_rows = {r['name']: r for r in json.load(f)['rows'] if r.get('status') != 'pending' and
+                          any(loss is not None for loss in r.get('final_val_losses') or [r.get('final_val_loss')])}
     runs = []  # one per row of the table: the spec, and its grid points (the knobs its optimizer takes)
     for spec, overrides in specs:
         optimizer = spec_optimizer(spec, train_args)
@@ -515,9 +519,14 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
         name = run_name(spec, overrides)
         points = [tuple((k, v) for k, v in point if tuned_here(optimizer, k)) for point in grid]
         if tuned_from:
-            if name not in best_elsewhere:
-                raise ValueError(f"--tuned_from={tuned_from}: no row named {name!r} (rows: {list(best_elsewhere)})")
-            points = [tuple(best_elsewhere[name])]
+            if name not in tuned_rows:
+                raise ValueError(f"--tuned_from={tuned_from}: no finished row named {name!r} (a row still pending, "
+                                 f"or whose every point failed, has no best point; finished: {list(tuned_rows)})")
+            source = tuple(tuned_rows[name]['tuned'].items())
+            if grid != [()] and {k for k, _ in points[0]} != {k for k, _ in source}:
+                raise ValueError(f"--tuned_from={tuned_from}: {name}'s point there, {dict(source)}, does not set the "
+                                 f"axes --tune asks for here, {[k for k, _ in points[0]]}")
+            points = [source]
         runs.append(dict(name=name, optimizer=optimizer, config=config, overrides=overrides,
                          points=[list(p) for p in dict.fromkeys(points)]))
     by_name = {r['name']: r for r in runs}
@@ -621,6 +630,8 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
             row['error'] = f"seed {s}: {t['error']}" if s is not None and t['error'] else t['error']
         row['grid'] = {key: axis_values(points, axis) for axis, (key, _) in enumerate(points[0])}
         row['edge'] = [best[axis][0] for axis, _, _ in edges(points, best)] if best is not None else []
+        if tuned_from:  # the grid its point was tuned on, and whether it was on that grid's edge
+            row['grid'], row['edge'] = tuned_rows[run['name']].get('grid'), tuned_rows[run['name']].get('edge', [])
         row['seeds'], row['final_val_losses'] = seeds, finals
         row['out_dirs'] = [t['out_dir'] for t in trials if t] or [row['out_dir']]
         row['final_val_loss_mean'], row['final_val_loss_sd'], row['final_val_loss_ci95'] = mean_sd_ci(finals)
@@ -681,14 +692,15 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
         notes = []
         if seeds != [None]:
             tuned = f"the first seed ({seeds[0]}) only{f', on runs of {tune_iters} iterations' if tune_iters else ''}"
-            notes.append(f"Tuned at {tuned}; each run's best point then ran at every seed "
+            notes.append(f"{'' if tuned_from else f'Tuned at {tuned}; '}each run's best point then ran at every seed "
                          f"({', '.join(map(str, seeds))}). final val: the mean over the {len(seeds)} seeds, ± their "
                          f"sd (n − 1), 95% CI: Student t with n − 1 degrees of freedom; eval se: the final "
                          f"evaluation's standard error (sd of its batches / √eval_iters), the mean over the seeds. "
                          f"A seed that diverged leaves its run without a mean. The other columns (best val, steps, "
                          f"seconds, ms) are the first seed's run's.")
         if tuned_from:
-            notes.append(f"Not tuned here: each run's point is its row's best point in {tuned_from}.")
+            notes.append(f"Not tuned here: each run's point is its row's best point in {tuned_from} (grid and "
+                         f"edge: that study's).")
         if timing:
             notes.append(f"Seconds and ms: each run's iterations times the ms/iter its config took alone on the "
                          f"machine ({timing}), not the time it took here.")
@@ -707,7 +719,7 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                              f"{', '.join(map(str, falls))}: its running minimum is used.")
         at_target = None if isinstance(target, str) else target
         table = markdown(rows, at_target, trials, seeds if seeds != [None] else None, reference, ladder, notes,
-                         compare_to)
+                         compare_to, tuned_at_first_seed=not tuned_from)
         ladder_info = ladder and dict(name=ladder, budgets=budgets, seeds=[
             dict(seed=s, tokens=p and [x[0] for x in p], final_val_losses=p and [x[1] for x in p],
                  seconds=p and [x[2] for x in p], monotone=p and s not in falls) for s, p in points.items()])

@@ -387,15 +387,25 @@ def test_tuned_from_runs_each_rows_best_point_from_another_study(tmp_path, monke
     assert tuned == {'adamw': {'learning_rate': '1e-2'}, 'kfac': {'learning_rate': '1e-2', 'damping': '1e-1'}}
     calls.clear()
     study.main(['--optimizers=adamw,kfac', '--out_dir=long', '--max_iters=8', '--tune', 'lr=1e-3,1e-2,1e-1',
-                '--seeds=1,2', '--tuned_from=short/results.json'])
+                '--tune', 'damping=1e-1,1', '--seeds=1,2', '--tuned_from=short/results.json'])
     assert sorted((arg(a, 'optimizer'), arg(a, 'learning_rate'), arg(a, 'damping'), arg(a, 'seed'), arg(a, 'max_iters'))
                   for a in calls) == [('adamw', '1e-2', None, '1', '8'), ('adamw', '1e-2', None, '2', '8'),
                                       ('kfac', '1e-2', '1e-1', '1', '8'), ('kfac', '1e-2', '1e-1', '2', '8')]
     results = json.load(open(tmp_path / 'long' / 'results.json'))
     assert results['tuned_from'] == 'short/results.json' and [r['tuned'] for r in results['rows']] == list(tuned.values())
-    assert "its row's best point in short/results.json" in open(tmp_path / 'long' / 'results.md').read()
-    with pytest.raises(ValueError, match="no row named 'muon'"):
+    table = open(tmp_path / 'long' / 'results.md').read()
+    assert "its row's best point in short/results.json" in table and 'Tuned at' not in table
+    assert '| kfac | learning_rate=1e-2, damping=1e-1 | learning_rate=1e-3,1e-2,1e-1; damping=' in table  # short's grid
+    with pytest.raises(ValueError, match="no finished row named 'muon'"):
         study.main(['--optimizers=muon', '--out_dir=long', '--tuned_from=short/results.json'])
+    with pytest.raises(ValueError, match="does not set the axes"):  # a point of lr and damping, asked for beta2
+        study.main(['--optimizers=kfac', '--out_dir=long', '--tune', 'beta2=0.95,0.99',
+                    '--tuned_from=short/results.json'])
+    rows = json.load(open(tmp_path / 'short' / 'results.json'))
+    rows['rows'][1]['status'] = 'pending'  # a source study still running: kfac has no best point yet
+    (tmp_path / 'running.json').write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match="no finished row named 'kfac'"):
+        study.main(['--optimizers=kfac', '--out_dir=long', '--tuned_from=running.json'])
 
 
 class Interrupted(Exception):
@@ -769,8 +779,11 @@ def test_ladder_plot_reads_each_cells_rows(tmp_path):
                      speedup_tokens_ci95=[s - 0.1, s + 0.1], speedup_seconds=s / 2, speedup_seconds_ci95=None,
                      speedup_beyond=None, diff_to_kfac_small_mean=gap if m == 'fixed_fisher' else 0.0,
                      diff_to_kfac_small_ci95=[gap - 0.02, gap + 0.02], tuned=dict(learning_rate='1e-3'), seeds=[1, 2],
-                     final_val_loss_mean=1.5 + gap, final_val_loss_sd=0.01)
+                     final_val_loss_mean=1.5 + gap, final_val_loss_sd=0.01, final_val_losses=[1.5, 1.5])
                 for m, ms, s in (('adamw', 50.0, 1.0), ('kfac', 80.0, 2.0), ('fixed_fisher', 120.0, 1.5))]
+        if batch == 48:  # kfac: one seed beyond the ladder (a bound), one diverged (no mean)
+            rows[1].update(speedup_beyond='>', speedup_seconds=None, final_val_losses=[1.5, None],
+                           final_val_loss_mean=None, final_val_loss_sd=None)
         (cell / 'results.json').write_text(json.dumps(dict(rows=rows)))
         cells.append(str(cell))
     series = ladder_series(cells)
@@ -784,6 +797,7 @@ def test_ladder_plot_reads_each_cells_rows(tmp_path):
     assert path.endswith('ladder_vs_params.png') and os.path.getsize(path) > 0
     table = ladder_table(cells).splitlines()
     assert len(table) == 2 + 3 * 2 and table[0].startswith('| method | tokens per step |')
+    assert table[5] == '| kfac | 3,072 | lr 1e-3 | 1/2 | — ± — | — | > 2.00× [1.90, 2.10] | — | 80.0 |'
     assert table[-2:] == ['| fixed_fisher | 768 | lr 1e-3 | 2 | 1.540 ± 0.010 | +0.040* [+0.020, +0.060] | 1.50× [1.40, 1.60] '
                           '| 0.75× | 120.0 |',
                           '| fixed_fisher | 3,072 | lr 1e-3 | 2 | 1.510 ± 0.010 | +0.010 [-0.010, +0.030] '

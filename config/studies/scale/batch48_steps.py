@@ -1,7 +1,8 @@
 # Tokens-per-step ladder, fixed steps: batch 48 for 2,000 iterations (6.1M tokens, ~6 epochs: the model sees each
-# token ~6 times, so late val loss also measures overfitting). Not tuned here: each method runs the best point of the
-# 500-iteration batch48_tokens cell (tuned_from), as a tune_iters = 500 grid would pick it. eval_iters 50: the val
-# tokens of batch 12's 200. Cost on 2 cores (ms/iter from results/scale/timing_batch48_tokens: 0.34-0.55 s, 3.0 s
+# token ~6 times, so late val loss also measures overfitting). Not tuned here: each method runs its best point of the
+# batch48_tokens cell (tuned_from: its grid on whole 500-iteration schedules, warmup 25), tuned at a quarter of this
+# length (a longer run may want a lower lr: a bias against no method in particular, but a bias). eval_iters 50: the
+# val tokens of batch 12's 200. Cost on 2 cores (ms/iter from results/scale/timing_batch48_tokens: 0.34-0.55 s, 3.0 s
 # summed over the 7 methods): 2 seeds x 2,000 x 3.0 s + AdamW's 4,000 and 8,000 x 2 seeds x 0.34 s = ~6 core-hours
 # (~3 hours at jobs = 2).
 #   OMP_NUM_THREADS=1 python study.py config/studies/scale/batch48_steps.py
