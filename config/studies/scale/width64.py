@@ -8,3 +8,4 @@ out_dir = 'out-scale-width64'
 # seconds and ms/iter from config/studies/scale/timing_width64.py (each method alone on the machine; these runs went
 # two at a time)
 timing = 'results/scale/timing_width64/results.json'
+seeds = [1337, 1, 2]  # a third seed: Fixed Fisher and EKFAC swing by ~0.1 between the first two
