@@ -300,8 +300,9 @@ def plot_ladder(cells, out, x='tokens_per_step'):
 
 def ladder_table(cells, x='tokens_per_step'):
     """The ladder as a markdown table (ladder_series): per method, a row per cell in order of x, with its tuned
-    point, seeds (ended well / run), final val loss (mean ± sd over the seeds), the paired difference to KFAC (mean [95% interval], * when
-    the interval leaves 0 out), the speedups over AdamW in tokens and seconds ('>'/'<' a bound) and ms/iter."""
+    point, seeds (ended well / run), final val loss (mean ± sd over the seeds), the paired difference to KFAC (mean
+    [95% interval], * when the interval leaves 0 out), the speedups over AdamW in tokens and seconds ('>'/'<' a
+    bound) and ms/iter."""
     num = lambda v, fmt: '—' if v is None else fmt.format(v)
     interval = lambda ci, fmt: f' [{fmt.format(ci[0])}, {fmt.format(ci[1])}]' if ci and ci[0] is not None else ''
 
@@ -333,7 +334,8 @@ def ladder_table(cells, x='tokens_per_step'):
                               for k, v in (row.get('tuned') or {}).items()) or '—'
             gap_cell = '—' if method == 'kfac' else gap(row)
             lines.append(f"| {method} | {value:,.0f} | {tuned} | {seeds(row)} "
-                         f"| {num(row.get('final_val_loss_mean'), '{:.3f}')} ± {num(row.get('final_val_loss_sd'), '{:.3f}')} "
+                         f"| {num(row.get('final_val_loss_mean'), '{:.3f}')} "
+                         f"± {num(row.get('final_val_loss_sd'), '{:.3f}')} "
                          f"| {gap_cell} | {speedup(row, 'tokens')} | {speedup(row, 'seconds')} "
                          f"| {num(row.get('ms_per_iter'), '{:.1f}')} |")
     return '\n'.join(lines) + '\n'

@@ -7,8 +7,8 @@ stderr to files, runs the script as __main__ (the repository's own modules are i
 its atexit handlers and exits with the script's code, so a test sees what a subprocess would show it. The server
 never computes before it forks (no threads to lose). Torch, numpy's BLAS and OpenMP read their thread counts
 once, at import, from THREAD_VARIABLES: a run is forked from a server started with the run's own values of them
-(one server per setting), so its sums add up in the order a subprocess's would. NANOFISHER_TEST_FORK=0 (or a platform without fork) runs a
-plain subprocess instead.
+(one server per setting), so its sums add up in the order a subprocess's would. NANOFISHER_TEST_FORK=0 (or a
+platform without fork) runs a plain subprocess instead.
 
     python tests/forkrun.py   # the server: reads one JSON request a line on stdin, answers the exit code
 """

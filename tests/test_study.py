@@ -120,6 +120,18 @@ def lr_loss(args):
 fake_run = fake_train(lr_loss)
 
 
+def record_runs(monkeypatch, train=fake_run):
+    """study.run_one replaced by train (a fake_train): returns the list each run's train.py arguments go to."""
+    calls = []
+
+    def recording_run(args, run_dir, nproc):
+        calls.append(args)
+        return train(args, run_dir, nproc)
+
+    monkeypatch.setattr(study, 'run_one', recording_run)
+    return calls
+
+
 def test_tune_keeps_each_optimizers_best_and_plot_cli(tmp_path, monkeypatch):
     """--tune lr=... runs the grid per optimizer and keeps the lowest final val loss; a diverged grid point is never
     the best; a knob the optimizer does not take is not tuned; a best on a numeric axis' edge (kfac's damping, where
@@ -163,13 +175,7 @@ def test_study_file_with_config_runs_and_parallel_jobs(tmp_path, monkeypatch):
     grid and jobs; the command line adds to it. A config file's run is train.py FILE <shared> <overrides>, named
     after the file and tuned as its optimizer; runs at the same time still land in the table in the order given.
     A study's results go to results/<study> (relative to the current folder), its checkpoints to its out_dir."""
-    calls = []
-
-    def recording_run(args, run_dir, nproc):
-        calls.append(args)
-        return fake_run(args, run_dir, nproc)
-
-    monkeypatch.setattr(study, 'run_one', recording_run)
+    calls = record_runs(monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'my_adamw.py').write_text("optimizer = 'adamw'\nlearning_rate = 3e-3\n")
     (tmp_path / 'study.py').write_text(
@@ -336,13 +342,7 @@ def seeded_loss(args):
 def test_tune_iters_and_a_diverged_seed(tmp_path, monkeypatch):
     """--tune_iters: the grid at the first seed on runs of that many iterations (a whole schedule), then the best
     point at the full length at every seed. A seed that diverges leaves its row without a mean, flagged."""
-    calls = []
-
-    def recording_run(args, run_dir, nproc):
-        calls.append(args)
-        return fake_train(seeded_loss)(args, run_dir, nproc)
-
-    monkeypatch.setattr(study, 'run_one', recording_run)
+    calls = record_runs(monkeypatch, fake_train(seeded_loss))
     monkeypatch.chdir(tmp_path)
     study.main(['--optimizers=adamw,muon', '--out_dir=out', '--max_iters=4', '--tune', 'lr=1e-3,1e-2,1e-1',
                 '--tune_iters=2', '--seeds=1,2', '--reference=adamw'])
@@ -373,13 +373,7 @@ def test_tune_iters_and_a_diverged_seed(tmp_path, monkeypatch):
 def test_tuned_from_runs_each_rows_best_point_from_another_study(tmp_path, monkeypatch):
     """--tuned_from: a study at another length (here 2 iterations, tuned) gives each run its best point there; the
     longer study runs only that point at each seed, with no grid of its own; a run it has no row for is an error."""
-    calls = []
-
-    def recording_run(args, run_dir, nproc):
-        calls.append(args)
-        return fake_run(args, run_dir, nproc)
-
-    monkeypatch.setattr(study, 'run_one', recording_run)
+    calls = record_runs(monkeypatch)
     monkeypatch.chdir(tmp_path)
     study.main(['--optimizers=adamw,kfac', '--out_dir=short', '--max_iters=2', '--tune', 'lr=1e-3,1e-2,1e-1',
                 '--tune', 'damping=1e-1,1'])
@@ -507,13 +501,7 @@ def test_ladder_speedup_by_hand(tmp_path, monkeypatch):
     """Speedup against adamw's ladder (1x, 2x, 4x its tokens, each a whole schedule; 16 tokens and 0.01 s an
     iteration, muon 0.02 s): the tokens adamw needs for a run's final loss (linear in log tokens between budgets)
     over the run's, its seconds there over the run's; '> 4x' below the ladder, '< 1x' above it."""
-    calls = []
-
-    def recording_run(args, run_dir, nproc):
-        calls.append(args)
-        return fake_train(ladder_loss, lambda a: 0.02 if arg(a, 'optimizer') == 'muon' else 0.01)(args, run_dir, nproc)
-
-    monkeypatch.setattr(study, 'run_one', recording_run)
+    calls = record_runs(monkeypatch, fake_train(ladder_loss, lambda a: 0.02 if arg(a, 'optimizer') == 'muon' else 0.01))
     monkeypatch.chdir(tmp_path)
     study.main(['--optimizers=adamw,muon,soap,kfac', '--out_dir=out', '--max_iters=4', '--seeds=1,2',
                 '--reference=adamw', '--ladder=adamw', '--compare_to=muon'])
