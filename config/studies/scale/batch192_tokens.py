@@ -7,3 +7,6 @@ train_args += ['--batch_size=192', '--max_iters=125', '--lr_decay_iters=125', '-
                '--eval_iters=13']
 tune_iters = None
 out_dir = 'out-scale-batch192_tokens'
+# seconds and ms/iter from config/studies/scale/timing_batch192_tokens.py (each method alone on the machine; these runs
+# went two at a time)
+timing = 'results/scale/timing_batch192_tokens/results.json'
