@@ -19,6 +19,9 @@ reads study.py's results.json of each cell of a scale ladder (config/studies/sca
 ladder_vs_<x>.png: per method against x (tokens per step, or parameters), the speedup over AdamW in tokens and in
 seconds (mean, 95% interval over the seeds), the Fixed Fisher - KFAC gap, and the step time over AdamW's with its
 parts; and ladder_vs_<x>.md (also printed): the same figures as a table, a row per method and cell.
+--cross_terms=results/ablations/cross_terms,results/scale/cross_terms_batch48 adds cross-term ablations at several
+tokens per step: their gamma 0 - gamma 1 in the gap panel, labelled with the best gamma, and a table of each gamma's
+best final val loss.
 """
 
 import argparse
@@ -243,11 +246,69 @@ def ladder_series(cells, x='tokens_per_step'):
     return {m: sorted(points, key=lambda p: p[0]) for m, points in series.items()}
 
 
-def plot_ladder(cells, out, x='tokens_per_step'):
+def cross_term_series(studies):
+    """[(tokens per step, {gamma: row}, best gamma, (mean, [low, high]) of gamma 0 - gamma 1)] sorted by tokens per
+    step, from cross-term ablations' results.json (studies: study results folders whose runs set cross_terms, as
+    config/studies/ablations/cross_terms.py does). Per gamma the row with the lowest mean final val loss over the
+    seeds (its lambda tuned or set per row: the best over lambda); the best gamma the lowest of those; gamma 0 - gamma 1
+    the paired difference, seed by seed, of the two rows (None where either lacks a seed's loss)."""
+    from study import mean_sd_ci  # study.py imports this file: here, not at the top
+    series = []
+    for folder in studies:
+        with open(os.path.join(folder, 'results.json')) as f:
+            rows = [r for r in json.load(f)['rows'] if r.get('iters') and 'cross_terms' in (r.get('overrides') or {})
+                    and r.get('final_val_loss_mean') is not None]
+        if not rows:
+            raise ValueError(f"{folder}: no finished row with a cross_terms override (not a cross-term ablation?)")
+        best = {}
+        for row in rows:
+            gamma = float(row['overrides']['cross_terms'])
+            if gamma not in best or row['final_val_loss_mean'] < best[gamma]['final_val_loss_mean']:
+                best[gamma] = row
+        gap = None
+        if 0.0 in best and 1.0 in best:
+            first, last = best[0.0], best[1.0]
+            if first['seeds'] == last['seeds']:
+                mean, _, ci = mean_sd_ci([None if a is None or b is None else a - b
+                                          for a, b in zip(first['final_val_losses'], last['final_val_losses'])])
+                gap = None if mean is None else (mean, ci)
+        series.append((rows[0]['tokens'] / rows[0]['iters'], dict(sorted(best.items())),
+                       min(best, key=lambda g: best[g]['final_val_loss_mean']), gap))
+    return sorted(series, key=lambda s: s[0])
+
+
+def cross_term_table(studies):
+    """The cross-term ablations as a markdown table (cross_term_series): a row per study in order of tokens per step,
+    each gamma's best final val loss (mean ± sd, its lambda), the best gamma, and gamma 0 - gamma 1 [95% CI]."""
+    series = cross_term_series(studies)
+    gammas = sorted({g for _, rows, _, _ in series for g in rows})
+    lines = ['| tokens per step | iters | seeds | ' + ' | '.join(f'γ {g:g}: final val (λ)' for g in gammas)
+             + ' | best γ | γ 0 − γ 1 [95% CI] |', '| --- ' * (len(gammas) + 5) + '|']
+    for tokens, rows, best, gap in series:
+        cells = []
+        for g in gammas:
+            row = rows.get(g)
+            lam = row and ((row.get('tuned') or {}).get('damping') or row['overrides'].get('damping'))
+            cells.append('—' if row is None else f"{row['final_val_loss_mean']:.3f} ± "
+                         f"{row['final_val_loss_sd'] or 0:.3f} ({'λ ' + lam if lam else 'default λ'})")
+        any_row = next(iter(rows.values()))
+        if gap is None:
+            gap_text = '—'
+        else:
+            mean, ci = gap
+            star = '*' if ci and (ci[0] > 0 or ci[1] < 0) else ''
+            gap_text = f'{mean:+.3f}{star}' + (f' [{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else '')
+        lines.append(f"| {tokens:,.0f} | {any_row['iters']:,} | {len(any_row['seeds'])} | " + ' | '.join(cells)
+                     + f' | {best:g} | {gap_text} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot_ladder(cells, out, x='tokens_per_step', cross_terms=()):
     """ladder_vs_<x>.png in folder out from the cells (ladder_series): speedup over AdamW in tokens and in seconds
     (mean, bars the 95% interval; a bound '>'/'<' drawn as a hollow marker), Fixed Fisher - KFAC (diff_to_kfac_small
     of the fixed_fisher row, its interval), each method's ms/iter over AdamW's at the same x, and Fixed Fisher's and
-    KFAC's parts over AdamW's ms/iter. Returns the path."""
+    KFAC's parts over AdamW's ms/iter; with cross_terms (cross-term ablations' folders, cross_term_series) and x tokens
+    per step, also their gamma 0 - gamma 1 in the gap panel, each point labelled its best gamma. Returns the path."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -273,7 +334,17 @@ def plot_ladder(cells, out, x='tokens_per_step'):
            for v, r in series.get('fixed_fisher', []) if r.get('diff_to_kfac_small_mean') is not None]
     if gap:
         err = [[m - ci[0] if ci else 0 for _, m, ci in gap], [ci[1] - m if ci else 0 for _, m, ci in gap]]
-        axes[2].errorbar([g[0] for g in gap], [g[1] for g in gap], yerr=err, marker='o', capsize=3)
+        axes[2].errorbar([g[0] for g in gap], [g[1] for g in gap], yerr=err, marker='o', capsize=3,
+                         label='fixed_fisher − kfac')
+    if cross_terms and x == 'tokens_per_step':  # the ablation's gamma 0 - gamma 1, each point labelled its best gamma
+        ablation = [(v, gap, best) for v, _, best, gap in cross_term_series(cross_terms) if gap is not None]
+        if ablation:
+            err = [[m - ci[0] if ci else 0 for _, (m, ci), _ in ablation],
+                   [ci[1] - m if ci else 0 for _, (m, ci), _ in ablation]]
+            axes[2].errorbar([a[0] for a in ablation], [a[1][0] for a in ablation], yerr=err, marker='s', capsize=3,
+                             color='C3', label='cross-term ablation: γ 0 − γ 1')
+            for v, (m, _), best in ablation:
+                axes[2].annotate(f'best γ {best:g}', (v, m), textcoords='offset points', xytext=(5, 5), fontsize=7)
     axes[2].axhline(0, color='gray', lw=0.8)
     for method, style in (('fixed_fisher', '-'), ('kfac', '--')):
         for (key, part), color in zip(LADDER_PARTS, ('C0', 'C1', 'C2')):
@@ -287,8 +358,8 @@ def plot_ladder(cells, out, x='tokens_per_step'):
         ax.set_xlabel('tokens per step' if x == 'tokens_per_step' else 'parameters')
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in (axes[0], axes[1], axes[3], axes[4]):
-        if ax.lines:
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(out, exist_ok=True)
@@ -347,13 +418,19 @@ if __name__ == '__main__':
                                                     "for one run at several seeds; with --ladder, study results folders")
     parser.add_argument('--ladder', action='store_true', help="the folders are cells of a scale ladder")
     parser.add_argument('--ladder_x', default='tokens_per_step', help="tokens_per_step or params")
+    parser.add_argument('--cross_terms', default='', help="with --ladder: cross-term ablations' results folders, "
+                                                          "comma-separated (their best gamma against tokens per step)")
     parser.add_argument('--out', default='out-plots', help="folder for the PNGs")
     parser.add_argument('--labels', default=None, help="comma-separated legend labels (default: folder names)")
     parser.add_argument('--target_loss', type=float, default=None, help="draw this val loss as a dashed line")
     args = parser.parse_args()
     if args.ladder:
-        print(f"wrote {plot_ladder(args.run_dirs, args.out, args.ladder_x)}")
+        cross_terms = [d for d in args.cross_terms.split(',') if d]
+        print(f"wrote {plot_ladder(args.run_dirs, args.out, args.ladder_x, cross_terms)}")
         table = ladder_table(args.run_dirs, args.ladder_x)
+        if cross_terms:
+            table += '\nThe cross-term ablations (fixed_fisher with cross_terms = γ: 0 Fixed Fisher, 1 KFAC\'s damping):\n\n' \
+                     + cross_term_table(cross_terms)
         with open(os.path.join(args.out, f'ladder_vs_{args.ladder_x}.md'), 'w') as f:
             f.write(table)
         print(table, end='')

@@ -792,3 +792,53 @@ def test_ladder_plot_reads_each_cells_rows(tmp_path):
                           '| 1.50× [1.40, 1.60] | 0.75× | 120.0 |']
     with pytest.raises(ValueError, match='tokens'):
         ladder_series(cells, 'layers')
+
+
+def test_cross_term_ablations_give_the_best_gamma_per_tokens_per_step(tmp_path):
+    """plot.py --cross_terms: per ablation folder, each gamma's lowest-mean row over lambda (set per row or tuned),
+    the best gamma, and gamma 0 - gamma 1 paired seed by seed with a Student-t interval (scipy, by hand here); the
+    table has a row per folder in order of tokens per step; the ladder plot draws them; a folder without cross_terms
+    runs is an error naming it."""
+    from scipy import stats
+    from plot import cross_term_series, cross_term_table, plot_ladder
+    def row(gamma, losses, iters, tokens, damping=None, tuned=None):
+        mean = sum(losses) / len(losses)
+        sd = (sum((v - mean) ** 2 for v in losses) / (len(losses) - 1)) ** 0.5
+        overrides = dict(cross_terms=gamma) | (dict(damping=damping) if damping else {})
+        return dict(name=f'fixed_fisher_small cross_terms={gamma}', iters=iters, tokens=tokens, overrides=overrides,
+                    tuned=tuned or {}, seeds=[1, 2, 3], final_val_losses=losses, final_val_loss_mean=mean,
+                    final_val_loss_sd=sd)
+    small, large = tmp_path / 'small', tmp_path / 'large'
+    for folder, rows in ((large, [row('0.0', [2.0, 2.2, 2.1], 500, 500 * 3072, tuned=dict(damping='1e1')),
+                                  row('0.5', [1.9, 2.0, 2.0], 500, 500 * 3072, tuned=dict(damping='1')),
+                                  row('1.0', [1.95, 2.0, 2.05], 500, 500 * 3072, tuned=dict(damping='1'))]),
+                         (small, [row('0.0', [1.9, 1.9, 1.95], 1000, 768000, damping='1e-1'),
+                                  row('0.0', [1.95, 1.9, 1.9], 1000, 768000, damping='3e-1'),  # same mean: first kept
+                                  row('1.0', [1.8, 1.85, 1.83], 1000, 768000, damping='1e-1'),
+                                  row('1.0', [1.7, 2.2, 1.9], 1000, 768000, damping='3e-1'),  # a higher mean
+                                  dict(name='diverged', iters=1000, tokens=768000, overrides=dict(cross_terms='0.5'),
+                                       final_val_loss_mean=None)])):
+        folder.mkdir()
+        (folder / 'results.json').write_text(json.dumps(dict(rows=rows)))
+    series = cross_term_series([str(large), str(small)])
+    assert [s[0] for s in series] == [768, 3072] and [s[2] for s in series] == [1.0, 0.5]
+    assert series[0][1][1.0]['overrides']['damping'] == '1e-1' and sorted(series[0][1]) == [0.0, 1.0]
+    diffs = [a - b for a, b in zip([2.0, 2.2, 2.1], [1.95, 2.0, 2.05])]
+    mean, sd = sum(diffs) / 3, stats.tstd(diffs)
+    half = stats.t.ppf(0.975, 2) * sd / 3 ** 0.5
+    assert series[1][3][0] == pytest.approx(mean) and series[1][3][1] == pytest.approx([mean - half, mean + half])
+    table = cross_term_table([str(small), str(large)]).splitlines()
+    assert table[0] == ('| tokens per step | iters | seeds | γ 0: final val (λ) | γ 0.5: final val (λ) '
+                        '| γ 1: final val (λ) | best γ | γ 0 − γ 1 [95% CI] |')
+    assert table[2] == ('| 768 | 1,000 | 3 | 1.917 ± 0.029 (λ 1e-1) | — | 1.827 ± 0.025 (λ 1e-1) | 1 '
+                        f'| +0.090* [{0.09 - stats.t.ppf(0.975, 2) * stats.tstd([0.1, 0.05, 0.12]) / 3 ** 0.5:+.3f}, '
+                        f'{0.09 + stats.t.ppf(0.975, 2) * stats.tstd([0.1, 0.05, 0.12]) / 3 ** 0.5:+.3f}] |')
+    assert table[3].startswith('| 3,072 | 500 | 3 | 2.100 ± 0.100 (λ 1e1) | 1.967 ± 0.058 (λ 1) |')
+    cell = tmp_path / 'cell'
+    cell.mkdir()
+    (cell / 'results.json').write_text(json.dumps(dict(rows=[dict(name='adamw_small', iters=10, tokens=7680,
+                                                                  ms_per_iter=5.0)])))
+    path = plot_ladder([str(cell)], str(tmp_path / 'plots'), cross_terms=[str(small), str(large)])
+    assert os.path.getsize(path) > 0
+    with pytest.raises(ValueError, match='cell'):
+        cross_term_series([str(cell)])
