@@ -6,6 +6,8 @@
 exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds, references (run from the root)
 train_args += ['--batch_size=48', '--max_iters=500', '--lr_decay_iters=500', '--warmup_iters=25', '--eval_interval=50']
 tune_iters = None
+# three seeds (methods.py's two, and 2): Fixed Fisher's first two ended 0.26 apart
+seeds = [1337, 1, 2]
 out_dir = 'out-scale-batch48_tokens'
 # seconds and ms/iter from config/studies/scale/timing_batch48_tokens.py (each method alone on the machine; these runs went
 # two at a time)
