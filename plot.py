@@ -277,6 +277,16 @@ def cross_term_series(studies):
     return sorted(series, key=lambda s: s[0])
 
 
+def difference_text(mean, ci):
+    """A paired difference as the tables show it: '+0.040* [+0.020, +0.060]', * where the interval leaves 0 out;
+    '—' for none."""
+    if mean is None:
+        return '—'
+    if not ci or ci[0] is None:
+        return f'{mean:+.3f}'
+    return f"{mean:+.3f}{'*' if ci[0] > 0 or ci[1] < 0 else ''} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 def cross_term_table(studies):
     """The cross-term ablations as a markdown table (cross_term_series): a row per study in order of tokens per step,
     each gamma's best final val loss (mean ± sd, its lambda), the best gamma, and gamma 0 - gamma 1 [95% CI]."""
@@ -292,12 +302,7 @@ def cross_term_table(studies):
             cells.append('—' if row is None else f"{row['final_val_loss_mean']:.3f} ± "
                          f"{row['final_val_loss_sd'] or 0:.3f} ({'λ ' + lam if lam else 'default λ'})")
         any_row = next(iter(rows.values()))
-        if gap is None:
-            gap_text = '—'
-        else:
-            mean, ci = gap
-            star = '*' if ci and (ci[0] > 0 or ci[1] < 0) else ''
-            gap_text = f'{mean:+.3f}{star}' + (f' [{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else '')
+        gap_text = difference_text(*gap) if gap else '—'
         lines.append(f"| {tokens:,.0f} | {any_row['iters']:,} | {len(any_row['seeds'])} | " + ' | '.join(cells)
                      + f' | {best:g} | {gap_text} |')
     return '\n'.join(lines) + '\n'
@@ -383,13 +388,6 @@ def ladder_table(cells, x='tokens_per_step'):
             return '<> (seeds on both sides of the ladder)' if bound == '<>' else '—'
         return f"{bound + ' ' if bound else ''}{value:.2f}×" + interval(row.get(f'speedup_{unit}_ci95'), '{:.2f}')
 
-    def gap(row):
-        mean, ci = row.get('diff_to_kfac_small_mean'), row.get('diff_to_kfac_small_ci95')
-        if mean is None:
-            return '—'
-        star = '*' if ci and ci[0] is not None and (ci[0] > 0 or ci[1] < 0) else ''
-        return f'{mean:+.3f}{star}' + interval(ci, '{:+.3f}')
-
     def seeds(row):
         """The seeds that ended well, of those run ('2', or '1/2' where one diverged or failed)."""
         losses = row.get('final_val_losses') or []
@@ -403,7 +401,8 @@ def ladder_table(cells, x='tokens_per_step'):
         for value, row in points:
             tuned = ', '.join(f"{dict(learning_rate='lr', damping='λ').get(k, k)} {v}"
                               for k, v in (row.get('tuned') or {}).items()) or '—'
-            gap_cell = '—' if method == 'kfac' else gap(row)
+            gap_cell = '—' if method == 'kfac' else difference_text(row.get('diff_to_kfac_small_mean'),
+                                                                        row.get('diff_to_kfac_small_ci95'))
             lines.append(f"| {method} | {value:,.0f} | {tuned} | {seeds(row)} "
                          f"| {num(row.get('final_val_loss_mean'), '{:.3f}')} "
                          f"± {num(row.get('final_val_loss_sd'), '{:.3f}')} "
