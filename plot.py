@@ -425,6 +425,9 @@ if __name__ == '__main__':
     args = parser.parse_args()
     if args.ladder:
         cross_terms = [d for d in args.cross_terms.split(',') if d]
+        if cross_terms and args.ladder_x != 'tokens_per_step':
+            parser.error(f"--cross_terms={args.cross_terms}: the ablations are drawn against tokens per step, "
+                         f"not --ladder_x={args.ladder_x}")
         print(f"wrote {plot_ladder(args.run_dirs, args.out, args.ladder_x, cross_terms)}")
         table = ladder_table(args.run_dirs, args.ladder_x)
         if cross_terms:
