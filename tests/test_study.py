@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -842,3 +843,12 @@ def test_cross_term_ablations_give_the_best_gamma_per_tokens_per_step(tmp_path):
     assert os.path.getsize(path) > 0
     with pytest.raises(ValueError, match='cell'):
         cross_term_series([str(cell)])
+
+
+def test_plot_cross_terms_needs_the_tokens_per_step_axis(tmp_path):
+    """plot.py --ladder --ladder_x=params --cross_terms=...: an error naming both (the ablations have no params axis)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(here, 'plot.py'), '--ladder', str(tmp_path),
+                           '--ladder_x=params', f'--cross_terms={tmp_path}', f'--out={tmp_path}'],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and f'--cross_terms={tmp_path}' in done.stderr and '--ladder_x=params' in done.stderr
