@@ -6,6 +6,9 @@ exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds
 train_args += ['--batch_size=192', '--max_iters=125', '--lr_decay_iters=125', '--warmup_iters=6', '--eval_interval=25',
                '--eval_iters=13']
 tune_iters = None
+# three seeds (methods.py's two, and 2), as at batch 48: the third costs 7 x 125 x 1.6 s + AdamW's 2x and 4x = ~0.7
+# core-hours
+seeds = [1337, 1, 2]
 out_dir = 'out-scale-batch192_tokens'
 # seconds and ms/iter from config/studies/scale/timing_batch192_tokens.py (each method alone on the machine; these runs
 # went two at a time)
