@@ -82,7 +82,10 @@ with an error otherwise 'failed'; the others go on. Times are train.py's: time_s
 out), the ms columns are medians over the train records of ms/iter and of the parts the run logs (train.py:
 ms_fwd_bwd, ms_step and peak_mem_mb; the Kronecker optimizers: ms_factors, ms_decomp, ms_precond; they overlap: the
 factor hooks run in the backward, decompositions and preconditioning in the step); '—' where a run has none. Runs
-at the same time (--jobs above 1) share the machine: compare their times only with each other.
+at the same time (--jobs above 1) share the machine: compare their times only with each other. A run stopped part
+way (the study killed, a session's end) goes on from its last checkpoint when a study runs it again in the same OUT
+(train.py --init_from=resume continues exactly: the same losses; its seconds are the sum of its parts, each measured
+where it ran, so retime such a study with --timing); resumed_at lists the iterations it went on from.
 
 results.json: {"rows": the table's runs (each spec at its best point), "trials": every run, "train_args",
 "target_loss", "seeds", "reference", "tune_iters", "max_grid_extensions", "tuned_from", "ladder": null or {name, budgets, seeds:
@@ -90,7 +93,7 @@ results.json: {"rows": the table's runs (each spec at its best point), "trials":
 grid point), seed, status, error, final_val_loss, best_val_loss, final_train_loss, val_loss_se (its final
 evaluation's), steps_to_target, seconds_to_target, iters, tokens, time_s, the ms keys, peak_mem_mb, out_dir (the
 folder its records were read from: OUT/<run>, or DIR/runs/<run> for a run read from there), returncode, wall_s
-(null where unknown or reused), reused, and git_commit, git_clean, machine (from its config.json: the commit train.py
+(null where unknown or reused: a resumed run's is its last part's), reused, resumed_at, and git_commit, git_clean, machine (from its config.json: the commit train.py
 ran from, whether no tracked file was modified, and checkpoint.machine_name() of where it ran). A row has its first seed's full-length trial's keys (tuned: the best
 point; status and error: the first seed's that did not end well, 'pending' for one not run yet) and
   grid                    {axis: every value tried}; edge: the axes whose best is still on the grid's edge
@@ -116,6 +119,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,13 +401,41 @@ def run_config(run_dir):
 
 
 def run_one(args, run_dir, nproc):
-    """train.py with args and --out_dir=run_dir; its output goes to run_dir/train.log. Returns the exit code."""
+    """train.py with args and --out_dir=run_dir; its output goes to run_dir/train.log. Returns the exit code.
+    A run of the same arguments that was stopped part way (killed, or the session ended: started.json holds its
+    arguments and it left a checkpoint) goes on from its last checkpoint with --init_from=resume, which continues
+    exactly (tests/test_train.py): the same losses as a run never stopped, its training seconds the sum of its
+    parts. A resume that exits with an error (a damaged checkpoint) is said in the log and the run starts over."""
     os.makedirs(run_dir, exist_ok=True)
+    started, ckpt = os.path.join(run_dir, 'started.json'), os.path.join(run_dir, 'ckpt.pt')
+    try:
+        with open(started) as f:
+            resume = json.load(f) == dict(args=args, nproc=nproc) and os.path.exists(ckpt)
+    except (FileNotFoundError, json.JSONDecodeError):
+        resume = False
+    if resume:
+        returncode = train_py(args + ['--init_from=resume'], run_dir, nproc, 'a')
+        if returncode in (0, 3):  # ended, or diverged after the resume (3: train.py's divergence)
+            return returncode
+        with open(os.path.join(run_dir, 'train.log'), 'a') as log:
+            log.write(f"study.py: the resume from {ckpt} exited with code {returncode}: starting the run over\n")
+    for name in ('run.json', 'ckpt.pt'):  # an earlier run's: nothing of it is resumed or read as this one's
+        if os.path.exists(os.path.join(run_dir, name)):
+            os.remove(os.path.join(run_dir, name))
+    with open(started + '.tmp', 'w') as f:
+        json.dump(dict(args=args, nproc=nproc), f)
+    os.replace(started + '.tmp', started)
     # --overwrite=True: study.py decided to (re)run this trial, so what an earlier, unfinished one left in run_dir goes
-    command = [sys.executable, os.path.join(here, 'train.py'), *args, f'--out_dir={run_dir}', '--overwrite=True']
+    return train_py(args + ['--overwrite=True'], run_dir, nproc, 'a' if resume else 'w')
+
+
+def train_py(args, run_dir, nproc, log_mode):
+    """Runs train.py with args and --out_dir=run_dir (under torchrun for nproc > 1); its output goes to (log_mode 'w')
+    or after (log_mode 'a') run_dir/train.log. Returns the exit code."""
+    command = [sys.executable, os.path.join(here, 'train.py'), *args, f'--out_dir={run_dir}']
     if nproc > 1:
         command[1:1] = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}']
-    with open(os.path.join(run_dir, 'train.log'), 'w') as log:  # unbuffered: the log's lines in the order written
+    with open(os.path.join(run_dir, 'train.log'), log_mode) as log:  # unbuffered: the log's lines in the order written
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, 'PYTHONUNBUFFERED': '1'}).returncode
 
@@ -419,6 +451,17 @@ def finished(run_dir, args, nproc):
     same = done.get('args') == args and done.get('nproc') == nproc
     ended = done.get('returncode') == 0 or done.get('status') == 'diverged'
     return done['returncode'] if same and ended else None
+
+
+def resumed_at(run_dir, reused):
+    """The iterations a run went on from after being stopped (run_one): from train.py's 'resuming from' lines in its
+    log, or for a run read, not run, from its run.json ([] for one from before this record)."""
+    if reused:
+        with open(os.path.join(run_dir, 'run.json')) as f:
+            return json.load(f).get('resumed_at', [])
+    log = os.path.join(run_dir, 'train.log')
+    text = open(log, errors='replace').read() if os.path.exists(log) else ''
+    return [int(i) for i in re.findall(r'^resuming from .* at iteration (\d+)$', text, re.MULTILINE)]
 
 
 def keep_records(run_dir, kept):
@@ -675,11 +718,13 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                    tuned=t['tuned'], seed=t['seed'], out_dir=source, returncode=returncode,
                    wall_s=None if reused else time.time() - t0, reused=reused,
                    **summarize(source, returncode, None if isinstance(target_loss, str) else target_loss))
+        row['resumed_at'] = resumed_at(source, reused)
         if timed:
             retime(row, timed[t['name']])
         if not reused:
             with open(os.path.join(run_dir, 'run.json'), 'w') as f:
-                json.dump(dict(args=t['args'], nproc=nproc, returncode=returncode, status=row['status']), f)
+                json.dump(dict(args=t['args'], nproc=nproc, returncode=returncode, status=row['status'],
+                               resumed_at=row['resumed_at']), f)
         if kept and source == run_dir:
             keep_records(run_dir, kept)
         return row

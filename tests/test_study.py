@@ -459,6 +459,47 @@ def test_restarted_study_reads_its_kept_runs(tmp_path, monkeypatch):
 
 
 
+def test_a_stopped_run_goes_on_from_its_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """study.run_one with train.py: a run stopped part way (its train.py ended at iteration 4 of 8 after its
+    checkpoint, as if killed there) goes on from that checkpoint when run again with the same arguments: the same
+    train losses and final val loss as a run never stopped, dropout on; resumed_at says where. A damaged checkpoint
+    starts the run over (said in its log); other arguments never resume."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    args = [*TINY, '--dataset=tiny', f'--data_dir={tiny_data}', '--max_iters=8', '--lr_decay_iters=8',
+            '--eval_interval=4', '--dropout=0.1']
+    real_run = subprocess.run
+
+    def stopped_at_4(command, **kwargs):
+        real_run(command + ['--max_iters=4'], **kwargs)
+        return subprocess.CompletedProcess(command, -9)
+
+    def losses(run_dir):
+        with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+            records = [json.loads(line) for line in f]
+        return [(r['kind'], r['iter'], r.get('loss', r.get('val_loss'))) for r in records if r['kind'] != 'diverged']
+
+    straight, stopped, damaged = (str(tmp_path / name) for name in ('straight', 'stopped', 'damaged'))
+    assert study.run_one(args, straight, 1) == 0
+    monkeypatch.setattr(subprocess, 'run', stopped_at_4)
+    assert study.run_one(args, stopped, 1) == -9 and study.run_one(args, damaged, 1) == -9
+    monkeypatch.setattr(subprocess, 'run', real_run)
+    assert [i for kind, i, _ in losses(stopped) if kind == 'train'] == [1, 2, 3, 4]
+    assert study.run_one(args, stopped, 1) == 0
+    assert losses(stopped) == losses(straight) and [i for k, i, _ in losses(straight) if k == 'eval'] == [0, 4, 8]
+    assert study.resumed_at(stopped, False) == [4] and study.resumed_at(straight, False) == []
+    with open(os.path.join(damaged, 'ckpt.pt'), 'r+b') as f:
+        f.truncate(1000)
+    assert study.run_one(args, damaged, 1) == 0
+    log = open(os.path.join(damaged, 'train.log')).read()
+    assert 'is corrupt or truncated' in log and ': starting the run over' in log and study.resumed_at(damaged, False) == []
+    assert losses(damaged) == losses(straight)
+    monkeypatch.setattr(subprocess, 'run', stopped_at_4)
+    study.run_one(args, stopped, 1)  # stopped again at 4, then a run with another seed: it starts over
+    monkeypatch.setattr(subprocess, 'run', real_run)
+    assert study.run_one(args + ['--seed=2'], stopped, 1) == 0
+    assert study.resumed_at(stopped, False) == [] and losses(stopped) != losses(straight)
+
+
 def test_a_study_reads_another_studys_runs_from_its_folder(tmp_path, monkeypatch):
     """runs_from: a second study over a subset of the first's runs (and one new run) reads the finished ones from
     the first's results folder, without rerunning or copying them, and runs only the new one; its table has the

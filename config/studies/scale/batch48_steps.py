@@ -13,3 +13,6 @@ tuned_from = 'results/scale/batch48_tokens/results.json'
 tune_iters = None
 out_dir = 'out-scale-batch48_steps'
 timing = 'results/scale/timing_batch48_tokens/results.json'  # the same step: each method alone on the machine
+# three seeds (methods.py's two, and 2): Fixed Fisher - KFAC's two seeds (+0.024, +0.052) left an interval of
+# [-0.141, +0.217]; the third costs 2,000 x 3.0 s + AdamW's 2x and 4x = ~2 core-hours.
+seeds = [1337, 1, 2]
