@@ -84,8 +84,9 @@ ms_fwd_bwd, ms_step and peak_mem_mb; the Kronecker optimizers: ms_factors, ms_de
 factor hooks run in the backward, decompositions and preconditioning in the step); '—' where a run has none. Runs
 at the same time (--jobs above 1) share the machine: compare their times only with each other. A run stopped part
 way (the study killed, a session's end) goes on from its last checkpoint when a study runs it again in the same OUT
-(train.py --init_from=resume continues exactly: the same losses; its seconds are the sum of its parts, each measured
-where it ran, so retime such a study with --timing); resumed_at lists the iterations it went on from.
+with the same arguments and code (run_one): train.py --init_from=resume gives the same weights and evaluations as a
+run never stopped; its seconds are the sum of its parts, each measured where it ran (retime such a study with
+--timing); resumed_at lists the iterations it went on from.
 
 results.json: {"rows": the table's runs (each spec at its best point), "trials": every run, "train_args",
 "target_loss", "seeds", "reference", "tune_iters", "max_grid_extensions", "tuned_from", "ladder": null or {name, budgets, seeds:
@@ -114,6 +115,8 @@ point; status and error: the first seed's that did not end well, 'pending' for o
                           '<>' (both: no mean); null without a ladder
 """
 
+import glob
+import hashlib
 import itertools
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import json
@@ -400,33 +403,61 @@ def run_config(run_dir):
         return None
 
 
+# what a run executes (the code a resume must find unchanged): train.py and what it imports, the optimizers and
+# kernels, the run configs; not the studies, tests, results or docs
+RUN_CODE = ['train.py', 'model.py', 'linear_attention.py', 'checkpoint.py', 'configurator.py', 'optim/*.py',
+            'kernels/*.py', 'config/*.py']
+
+
+def code_hash():
+    """A hash of the files in RUN_CODE as they are now (committed or not)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in RUN_CODE for p in glob.glob(os.path.join(here, pattern))):
+        digest.update(os.path.relpath(path, here).encode() + b'\0' + open(path, 'rb').read() + b'\0')
+    return digest.hexdigest()
+
+
 def run_one(args, run_dir, nproc):
     """train.py with args and --out_dir=run_dir; its output goes to run_dir/train.log. Returns the exit code.
-    A run of the same arguments that was stopped part way (killed, or the session ended: started.json holds its
-    arguments and it left a checkpoint) goes on from its last checkpoint with --init_from=resume, which continues
-    exactly (tests/test_train.py): the same losses as a run never stopped, its training seconds the sum of its
-    parts. A resume that exits with an error (a damaged checkpoint) is said in the log and the run starts over."""
+    A run stopped part way (killed, or the session ended) goes on from its last checkpoint with --init_from=resume
+    when started.json says it had the same arguments and code (code_hash): the same weights and evaluations as a run
+    never stopped (tests/test_train.py), its training seconds the sum of its parts. A checkpoint that cannot be
+    loaded, or code changed since, starts the run over (said in its log; the earlier log kept as train.log.prev)."""
     os.makedirs(run_dir, exist_ok=True)
-    started, ckpt = os.path.join(run_dir, 'started.json'), os.path.join(run_dir, 'ckpt.pt')
+    started, ckpt, log = (os.path.join(run_dir, name) for name in ('started.json', 'ckpt.pt', 'train.log'))
+    this = dict(args=args, nproc=nproc, code=code_hash())
     try:
         with open(started) as f:
-            resume = json.load(f) == dict(args=args, nproc=nproc) and os.path.exists(ckpt)
+            before = json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
-        resume = False
-    if resume:
-        returncode = train_py(args + ['--init_from=resume'], run_dir, nproc, 'a')
-        if returncode in (0, 3):  # ended, or diverged after the resume (3: train.py's divergence)
-            return returncode
-        with open(os.path.join(run_dir, 'train.log'), 'a') as log:
-            log.write(f"study.py: the resume from {ckpt} exited with code {returncode}: starting the run over\n")
-    for name in ('run.json', 'ckpt.pt'):  # an earlier run's: nothing of it is resumed or read as this one's
-        if os.path.exists(os.path.join(run_dir, name)):
-            os.remove(os.path.join(run_dir, name))
+        before = None
+    why = None
+    same = before and {k: v for k, v in before.items() if k != 'code'} == {k: v for k, v in this.items() if k != 'code'}
+    # its checkpoint: written after started.json (an older one is an earlier run's, which train.py --overwrite removes)
+    if same and os.path.exists(ckpt) and os.path.getmtime(ckpt) >= os.path.getmtime(started):
+        if before.get('code') != this['code']:
+            why = "the code it runs (study.RUN_CODE) changed since it stopped"
+        else:
+            offset = os.path.getsize(log) if os.path.exists(log) else 0
+            returncode = train_py(args + ['--init_from=resume'], run_dir, nproc, 'a')
+            with open(log, errors='replace') as f:
+                f.seek(offset)
+                said = f.read()
+            if not any(s in said for s in ('cannot be resumed from', "was trained with another run's config")):
+                return returncode  # ended, diverged, or failed for another reason (reported as such)
+            why = f"its checkpoint {ckpt} could not be resumed from (exit code {returncode})"
+    if why:
+        if os.path.exists(log):
+            os.replace(log, log + '.prev')
+        with open(log, 'w') as f:
+            f.write(f"study.py: {why}: starting the run over (the earlier log: train.log.prev)\n")
+    if os.path.exists(os.path.join(run_dir, 'run.json')):  # an earlier run's: not to be read as this one's
+        os.remove(os.path.join(run_dir, 'run.json'))
     with open(started + '.tmp', 'w') as f:
-        json.dump(dict(args=args, nproc=nproc), f)
+        json.dump(this, f)
     os.replace(started + '.tmp', started)
     # --overwrite=True: study.py decided to (re)run this trial, so what an earlier, unfinished one left in run_dir goes
-    return train_py(args + ['--overwrite=True'], run_dir, nproc, 'a' if resume else 'w')
+    return train_py(args + ['--overwrite=True'], run_dir, nproc, 'a' if why else 'w')
 
 
 def train_py(args, run_dir, nproc, log_mode):
@@ -712,6 +743,8 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
                 source = where
                 break
         reused, t0 = returncode is not None, time.time()
+        if rerun and os.path.exists(os.path.join(run_dir, 'started.json')):
+            os.remove(os.path.join(run_dir, 'started.json'))  # rerun: from the start, nothing resumed
         if not reused:
             returncode = run_one(t['args'], run_dir, nproc)
         row = dict(name=t['name'], trial=t['trial'], optimizer=t['optimizer'], overrides=t['overrides'],

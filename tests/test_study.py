@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -460,44 +461,78 @@ def test_restarted_study_reads_its_kept_runs(tmp_path, monkeypatch):
 
 
 def test_a_stopped_run_goes_on_from_its_checkpoint(tiny_data, tmp_path, monkeypatch):
-    """study.run_one with train.py: a run stopped part way (its train.py ended at iteration 4 of 8 after its
-    checkpoint, as if killed there) goes on from that checkpoint when run again with the same arguments: the same
-    train losses and final val loss as a run never stopped, dropout on; resumed_at says where. A damaged checkpoint
-    starts the run over (said in its log); other arguments never resume."""
+    """study.run_one with train.py, dropout on: a run stopped part way (checkpoint at iteration 4, records to 6, as
+    if killed at 6) goes on from that checkpoint when run again with the same arguments and code: the same train
+    losses and evaluations as a run never stopped; resumed_at says where. A damaged checkpoint, or changed code,
+    starts it over (said in its log); a live run's lock is an error that leaves the checkpoint; other arguments
+    start over."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     args = [*TINY, '--dataset=tiny', f'--data_dir={tiny_data}', '--max_iters=8', '--lr_decay_iters=8',
             '--eval_interval=4', '--dropout=0.1']
     real_run = subprocess.run
 
-    def stopped_at_4(command, **kwargs):
+    def stopped_at_6(command, **kwargs):
         real_run(command + ['--max_iters=4'], **kwargs)
+        ckpt = os.path.join(tmp_path, 'stopped', 'ckpt.pt')
+        shutil.copyfile(ckpt, ckpt + '.at4')
+        real_run(command + ['--max_iters=6', '--init_from=resume'], **{**kwargs, 'stdout': subprocess.DEVNULL})
+        os.replace(ckpt + '.at4', ckpt)
         return subprocess.CompletedProcess(command, -9)
 
-    def losses(run_dir):
-        with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+    def losses(name):
+        with open(tmp_path / name / 'metrics.jsonl') as f:
             records = [json.loads(line) for line in f]
-        return [(r['kind'], r['iter'], r.get('loss', r.get('val_loss'))) for r in records if r['kind'] != 'diverged']
+        return [(r['kind'], r['iter'], r.get('loss', r.get('val_loss'))) for r in records]
 
-    straight, stopped, damaged = (str(tmp_path / name) for name in ('straight', 'stopped', 'damaged'))
-    assert study.run_one(args, straight, 1) == 0
-    monkeypatch.setattr(subprocess, 'run', stopped_at_4)
-    assert study.run_one(args, stopped, 1) == -9 and study.run_one(args, damaged, 1) == -9
+    def run(name, extra=()):
+        return study.run_one(args + list(extra), str(tmp_path / name), 1)
+
+    def log(name, prev=''):
+        return open(tmp_path / name / f'train.log{prev}').read()
+
+    assert run('straight') == 0
+    assert [i for k, i, _ in losses('straight') if k == 'eval'] == [0, 4, 8] and len(losses('straight')) == 11
+    monkeypatch.setattr(subprocess, 'run', stopped_at_6)
+    assert run('stopped') == -9
     monkeypatch.setattr(subprocess, 'run', real_run)
-    assert [i for kind, i, _ in losses(stopped) if kind == 'train'] == [1, 2, 3, 4]
-    assert study.run_one(args, stopped, 1) == 0
-    assert losses(stopped) == losses(straight) and [i for k, i, _ in losses(straight) if k == 'eval'] == [0, 4, 8]
-    assert study.resumed_at(stopped, False) == [4] and study.resumed_at(straight, False) == []
-    with open(os.path.join(damaged, 'ckpt.pt'), 'r+b') as f:
+    assert [i for k, i, _ in losses('stopped') if k == 'train'] == [1, 2, 3, 4, 5, 6]
+    for copy in ('damaged', 'locked', 'changed', 'other'):
+        shutil.copytree(tmp_path / 'stopped', tmp_path / copy)  # mtimes kept: the checkpoint after started.json
+
+    assert run('stopped') == 0
+    assert losses('stopped') == losses('straight') and study.resumed_at(str(tmp_path / 'stopped'), False) == [4]
+    assert study.resumed_at(str(tmp_path / 'straight'), False) == []
+
+    with open(tmp_path / 'damaged' / 'ckpt.pt', 'r+b') as f:
         f.truncate(1000)
-    assert study.run_one(args, damaged, 1) == 0
-    log = open(os.path.join(damaged, 'train.log')).read()
-    assert 'is corrupt or truncated' in log and ': starting the run over' in log and study.resumed_at(damaged, False) == []
-    assert losses(damaged) == losses(straight)
-    monkeypatch.setattr(subprocess, 'run', stopped_at_4)
-    study.run_one(args, stopped, 1)  # stopped again at 4, then a run with another seed: it starts over
-    monkeypatch.setattr(subprocess, 'run', real_run)
-    assert study.run_one(args + ['--seed=2'], stopped, 1) == 0
-    assert study.resumed_at(stopped, False) == [] and losses(stopped) != losses(straight)
+    assert run('damaged') == 0 and losses('damaged') == losses('straight')
+    assert 'is corrupt or truncated' in log('damaged', '.prev') and 'could not be resumed from' in log('damaged')
+    assert study.resumed_at(str(tmp_path / 'damaged'), False) == []
+
+    with open(tmp_path / 'locked' / 'train.lock', 'w') as f:  # a live process (this one) holds the run
+        json.dump(dict(host=socket.gethostname(), pid=os.getpid()), f)
+    assert run('locked') == 2 and 'is in use by process' in log('locked')
+    assert os.path.exists(tmp_path / 'locked' / 'ckpt.pt')
+    os.remove(tmp_path / 'locked' / 'train.lock')
+    assert run('locked') == 0 and losses('locked') == losses('straight')
+
+    monkeypatch.setattr(study, 'code_hash', lambda: 'an edited optimizer')
+    assert run('changed') == 0 and losses('changed') == losses('straight')
+    assert 'the code it runs (study.RUN_CODE) changed' in log('changed')
+    monkeypatch.undo()
+    assert run('other', ['--seed=2']) == 0 and 'resuming' not in log('other')
+    assert [i for k, i, _ in losses('other') if k == 'train'] == list(range(1, 9)) and \
+           losses('other') != losses('straight')
+
+
+def test_rerun_starts_a_finished_run_over(tiny_data, tmp_path):
+    """--rerun=True runs a finished run again from its start, not from its last checkpoint."""
+    first = run_study(tiny_data, tmp_path, '--max_iters=4', '--eval_interval=2', '--optimizers=adamw')[1]
+    again = run_study(tiny_data, tmp_path, '--max_iters=4', '--eval_interval=2', '--optimizers=adamw',
+                      '--rerun=True')[1]
+    assert not again['trials'][0]['reused'] and again['trials'][0]['resumed_at'] == []
+    assert again['rows'][0]['final_val_loss'] == first['rows'][0]['final_val_loss']
+    assert 'resuming' not in open(tmp_path / 'adamw' / 'train.log').read()
 
 
 def test_a_study_reads_another_studys_runs_from_its_folder(tmp_path, monkeypatch):
