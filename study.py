@@ -405,8 +405,8 @@ def run_config(run_dir):
 
 # what a run executes (the code a resume must find unchanged): train.py and what it imports, the optimizers and
 # kernels, the run configs; not the studies, tests, results or docs
-RUN_CODE = ['train.py', 'model.py', 'linear_attention.py', 'checkpoint.py', 'configurator.py', 'optim/*.py',
-            'kernels/*.py', 'config/*.py']
+RUN_CODE = ['train.py', 'model.py', 'linear_attention.py', 'checkpoint.py', 'configurator.py', 'data/common.py',
+            'optim/*.py', 'kernels/*.py', 'config/*.py']
 
 
 def code_hash():
@@ -420,9 +420,11 @@ def code_hash():
 def run_one(args, run_dir, nproc):
     """train.py with args and --out_dir=run_dir; its output goes to run_dir/train.log. Returns the exit code.
     A run stopped part way (killed, or the session ended) goes on from its last checkpoint with --init_from=resume
-    when started.json says it had the same arguments and code (code_hash): the same weights and evaluations as a run
-    never stopped (tests/test_train.py), its training seconds the sum of its parts. A checkpoint that cannot be
-    loaded, or code changed since, starts the run over (said in its log; the earlier log kept as train.log.prev)."""
+    when started.json says it had the same arguments, ranks and code (code_hash) and the checkpoint is newer than
+    started.json: the same weights and evaluations as a run never stopped (tests/test_train.py; float32 or bfloat16),
+    its training seconds the sum of its parts. A checkpoint train.py cannot load or whose config differs (kept as
+    ckpt.pt.bad), or code changed since, starts the run over, said in its log (the earlier one kept as
+    train.log.prev); any other error of the resume is returned as it is."""
     os.makedirs(run_dir, exist_ok=True)
     started, ckpt, log = (os.path.join(run_dir, name) for name in ('started.json', 'ckpt.pt', 'train.log'))
     this = dict(args=args, nproc=nproc, code=code_hash())
@@ -445,12 +447,14 @@ def run_one(args, run_dir, nproc):
                 said = f.read()
             if not any(s in said for s in ('cannot be resumed from', "was trained with another run's config")):
                 return returncode  # ended, diverged, or failed for another reason (reported as such)
-            why = f"its checkpoint {ckpt} could not be resumed from (exit code {returncode})"
+            os.replace(ckpt, ckpt + '.bad')
+            why = f"its checkpoint could not be resumed from (exit code {returncode}; kept as ckpt.pt.bad)"
     if why:
-        if os.path.exists(log):
+        kept = os.path.exists(log)
+        if kept:
             os.replace(log, log + '.prev')
         with open(log, 'w') as f:
-            f.write(f"study.py: {why}: starting the run over (the earlier log: train.log.prev)\n")
+            f.write(f"study.py: {why}: starting the run over{' (the earlier log: train.log.prev)' * kept}\n")
     if os.path.exists(os.path.join(run_dir, 'run.json')):  # an earlier run's: not to be read as this one's
         os.remove(os.path.join(run_dir, 'run.json'))
     with open(started + '.tmp', 'w') as f:
