@@ -9,3 +9,4 @@ exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds
 train_args += ['--n_embd=256', '--n_head=8', '--max_iters=8000', '--lr_decay_iters=8000', '--warmup_iters=100', '--eval_interval=500']
 tune_iters = 1000
 out_dir = 'out-scale-width256'
+timing = 'results/scale/timing_width256/results.json'  # seconds and ms: each method alone on the machine (Intel Xeon)
