@@ -94,8 +94,8 @@ results.json: {"rows": the table's runs (each spec at its best point), "trials":
 grid point), seed, status, error, final_val_loss, best_val_loss, final_train_loss, val_loss_se (its final
 evaluation's), steps_to_target, seconds_to_target, iters, tokens, time_s, the ms keys, peak_mem_mb, out_dir (the
 folder its records were read from: OUT/<run>, or DIR/runs/<run> for a run read from there), returncode, wall_s
-(null where unknown or reused: a resumed run's is its last part's), reused, resumed_at, and git_commit, git_clean, machine (from its config.json: the commit train.py
-ran from, whether no tracked file was modified, and checkpoint.machine_name() of where it ran). A row has its first seed's full-length trial's keys (tuned: the best
+(null where unknown or reused: a resumed run's is its last part's), reused, resumed_at, and git_commit, git_clean,
+machine (from its config.json: the commit train.py ran from, whether no tracked file was modified, and checkpoint.machine_name() of where it ran). A row has its first seed's full-length trial's keys (tuned: the best
 point; status and error: the first seed's that did not end well, 'pending' for one not run yet) and
   grid                    {axis: every value tried}; edge: the axes whose best is still on the grid's edge
   seeds, final_val_losses the seeds (null: the config's) and each one's final val loss (null: diverged or failed),
@@ -434,7 +434,7 @@ def run_one(args, run_dir, nproc):
     except (FileNotFoundError, json.JSONDecodeError):
         before = None
     why = None
-    same = before and {k: v for k, v in before.items() if k != 'code'} == {k: v for k, v in this.items() if k != 'code'}
+    same = before is not None and (before.get('args'), before.get('nproc')) == (args, nproc)
     # its checkpoint: written after started.json (an older one is an earlier run's, which train.py --overwrite removes)
     if same and os.path.exists(ckpt) and os.path.getmtime(ckpt) >= os.path.getmtime(started):
         if before.get('code') != this['code']:
