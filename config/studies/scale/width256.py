@@ -3,7 +3,8 @@
 # ~0.33, Fixed Fisher ~0.5 s on one core): 39 x 1,000 x 0.4 s + 14 x 8,000 x 0.4 s + AdamW's 16,000 and 32,000 x 2
 # seeds x 0.2 s = ~22 core-hours. No GPU has been lent, so it runs on the CPU over several sessions: each finished
 # run's records land in results/scale/width256/runs/ (commit them), and the next `study.py` reads them and goes on.
-# The 1,000-iteration tuning runs come first (~5 min each); a session's stop loses only the runs in flight.
+# The 1,000-iteration tuning runs come first (~5 min each); a run in flight at a session's stop goes on from its last
+# checkpoint (every 500 iterations) when the study runs again in the same out_dir.
 #   OMP_NUM_THREADS=1 python study.py config/studies/scale/width256.py
 exec(open('config/studies/scale/methods.py').read())  # the methods, grid, seeds, references (run from the root)
 train_args += ['--n_embd=256', '--n_head=8', '--max_iters=8000', '--lr_decay_iters=8000', '--warmup_iters=100', '--eval_interval=500']
