@@ -22,14 +22,17 @@ Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's
     ekfac also its eigenbasis moments on factor-update steps, 2 N (d_in^2 + d_out^2 + d_in d_out)
     muon: 5 Newton-Schulz steps on each block matrix (m <= n): 5 (4 m^2 n + 2 m^3); soap: 4 products, its factors
     G G^T and G^T G every step, 2 d_out d_in (d_in + d_out), and an eigh every inv_update_freq
-Time: matmul FLOPs at the matmul rate, decompositions at the eigh (or Cholesky) rate, AdamW's elementwise update at
-the memory bandwidth (16 bytes read and written per parameter and step, fp32 moments). The ratio to AdamW is the
+Time: matmul FLOPs at the matmul rate, decompositions at the eigh (or Cholesky) rate for their size n (a rate per
+size, interpolated in log n, as --calibrate measures it: eigh runs faster per FLOP on larger matrices; or one rate
+for all sizes), AdamW's elementwise update at the memory bandwidth (16 bytes read and written per parameter and
+step, fp32 moments). The ratio to AdamW is the
 method's total over AdamW's on the same model and tokens. Rates: --rates=cpu1 (this repository's CPU, one thread,
-measured by --calibrate), h100 (assumed: 400 TFLOP/s bf16 matmul at ~40% of peak, 1 TFLOP/s fp32 eigh, 2 TB/s),
+measured by --calibrate on sizes 128-1024), h100 (assumed: 400 TFLOP/s bf16 matmul at ~40% of peak, 1 TFLOP/s fp32 eigh, 2 TB/s),
 or --matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --bytes_per_s=...
 """
 
 import argparse
+import math
 import sys
 
 import torch
@@ -39,8 +42,12 @@ from model import GPT, GPTConfig
 from optim.capture import split_layers
 
 EIGH, INVERSE, NS_STEPS = 9, 1, 5  # FLOPs of an n x n eigh / Cholesky inverse in units of n^3; Muon's NS steps
-# measured on the development machine (2 x86_64 cores, one thread, float32) by --calibrate; h100: assumed, see above
-RATES = dict(cpu1=dict(matmul_flops_per_s=6e10, eigh_flops_per_s=4e9, inverse_flops_per_s=2e10, bytes_per_s=1e10),
+CALIBRATION_SIZES = (128, 256, 512, 1024)
+# cpu1: --calibrate on a development machine (2-core Intel Xeon, one thread, float32; decompositions {n: FLOP/s});
+# h100: assumed, see above
+RATES = dict(cpu1=dict(matmul_flops_per_s=2e11, bytes_per_s=6e10,
+                       eigh_flops_per_s={128: 3.4e10, 256: 6.3e10, 512: 1.05e11, 1024: 1.2e11},
+                       inverse_flops_per_s={128: 1.2e10, 256: 3.3e10, 512: 5.3e10, 1024: 4.2e10}),
              h100=dict(matmul_flops_per_s=4e14, eigh_flops_per_s=1e12, inverse_flops_per_s=5e12, bytes_per_s=2e12))
 KRONECKER = {'kfac': ('inverse', 2), 'fixed_fisher': ('eigh', 4), 'ekfac': ('eigh', 4)}  # (decomposition, products)
 METHODS = ['adamw', *KRONECKER, 'muon', 'soap']  # psgd, eva, iEF, KPSVD, DyKAF: not modelled yet
@@ -72,13 +79,13 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
     N, T, d, L = tokens_per_step / ranks, cfg['block_size'], cfg['n_embd'], cfg['n_layer']
     forward = sum(2 * N * i * o for i, o, _ in linears) + 4 * N * T * d * L
     cost = dict(fwd_bwd=3 * forward, capture=0.0, decomp=0.0, precond=0.0, adamw_bytes=16.0 * n_params,
-                state_bytes=0.0)
+                state_bytes=0.0, decomp_by_size={})
     if method in KRONECKER:
         kind, products = KRONECKER[method]
         rows = N / T if kfac_approx == 'reduce' else N  # a sequence a sample, or a token
         cost['capture'] = sum(2 * rows * (i * i + o * o) for i, o in kron) / factor_update_freq
-        per = EIGH if kind == 'eigh' else INVERSE if kind == 'inverse' else 0
-        cost['decomp'] = sum(per * (i ** 3 + o ** 3) for i, o in kron) / inv_update_freq / ranks
+        per = EIGH if kind == 'eigh' else INVERSE
+        decompositions(cost, [n for i, o in kron for n in (i, o)], per, inv_update_freq * ranks)
         cost['precond'] = sum(products * o * i * (i + o) for i, o in kron)
         if method == 'ekfac':  # (g Q_G)^2, (a Q_A)^2 and their product, on factor-update steps
             cost['capture'] += sum(2 * N * (i * i + o * o + i * o) for i, o in kron) / factor_update_freq
@@ -92,8 +99,31 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
     elif method == 'soap':
         cost['precond'] = sum(4 * o * i * (i + o) for o, i in blocks)  # 4 rotations (weights are (out, in))
         cost['capture'] = sum(2 * o * i * (i + o) for o, i in blocks)  # G G^T and G^T G every step
-        cost['decomp'] = sum(EIGH * (i ** 3 + o ** 3) for o, i in blocks) / inv_update_freq
+        decompositions(cost, [n for o, i in blocks for n in (i, o)], EIGH, inv_update_freq)
     return cost
+
+
+def decompositions(cost, sizes, per, amortised):
+    """cost['decomp'], the FLOPs of one n x n decomposition (per n^3) for each n in sizes / amortised, and
+    cost['decomp_by_size'], the same by n (for a rate that depends on n)."""
+    by_size = {}
+    for n in sizes:
+        by_size[n] = by_size.get(n, 0) + per * n ** 3 / amortised
+    cost['decomp'], cost['decomp_by_size'] = sum(by_size.values()), by_size
+
+
+def rate_at(rate, n):
+    """A rate at size n: a number as it is; a table {size: FLOP/s} interpolated linearly in log size between
+    its sizes, its end values beyond them."""
+    if not isinstance(rate, dict):
+        return rate
+    sizes = sorted(rate)
+    if n <= sizes[0] or n >= sizes[-1]:
+        return rate[sizes[0] if n <= sizes[0] else sizes[-1]]
+    hi = next(k for k in sizes if k >= n)
+    lo = sizes[sizes.index(hi) - 1]
+    t = math.log(n / lo) / math.log(hi / lo)
+    return rate[lo] + t * (rate[hi] - rate[lo])
 
 
 def step_seconds(cost, method, rates):
@@ -102,16 +132,16 @@ def step_seconds(cost, method, rates):
         else rates['eigh_flops_per_s']
     out = dict(fwd_bwd=cost['fwd_bwd'] / rates['matmul_flops_per_s'],
                capture=cost['capture'] / rates['matmul_flops_per_s'],
-               decomp=cost['decomp'] / decomp_rate,
+               decomp=sum(f / rate_at(decomp_rate, n) for n, f in cost.get('decomp_by_size', {}).items()),
                precond=cost['precond'] / rates['matmul_flops_per_s'],
                adamw=cost['adamw_bytes'] / rates['bytes_per_s'])
     out['total'] = sum(out.values())
     return out
 
 
-def calibrate(sizes=(128, 256, 512)):
-    """This machine's rates on the current thread count: float32 matmul, eigh and Cholesky inverse FLOP/s (the
-    median over sizes), and the bandwidth of an elementwise update."""
+def calibrate(sizes=CALIBRATION_SIZES):
+    """This machine's rates on the current thread count: float32 matmul FLOP/s (the median over sizes), eigh and
+    Cholesky inverse FLOP/s at each size ({n: FLOP/s}), and the bandwidth of an elementwise update."""
     best = lambda fn: timeit(fn, cuda=False) / 1e3  # noqa: E731  (seconds: the best of a few runs)
 
     rates = dict(matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[])
@@ -122,10 +152,17 @@ def calibrate(sizes=(128, 256, 512)):
         rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(S)))
         rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(
             lambda: torch.cholesky_inverse(torch.linalg.cholesky(S))))
-    out = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    out = dict(matmul_flops_per_s=sorted(rates['matmul_flops_per_s'])[len(sizes) // 2],
+               eigh_flops_per_s=dict(zip(sizes, rates['eigh_flops_per_s'])),
+               inverse_flops_per_s=dict(zip(sizes, rates['inverse_flops_per_s'])))
     p, m = torch.randn(2 ** 22), torch.randn(2 ** 22)
     out['bytes_per_s'] = 16 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))
     return out
+
+
+def show_rate(rate):
+    """'6e+10', or a table as '3.8e+10@128 6.9e+10@256 ...'."""
+    return ' '.join(f'{v:.3g}@{n}' for n, v in sorted(rate.items())) if isinstance(rate, dict) else f'{rate:.3g}'
 
 
 def read_config(path, overrides):
@@ -167,7 +204,7 @@ def main(argv=None):
                                  'attention')}
     n_params = layers_of(model)[3]
     print(f"model {cfg['n_layer']}x{cfg['n_embd']} ({n_params / 1e6:.1f}M parameters), {tokens:,} tokens per step "
-          f"on {args.ranks} rank(s); rates: " + ', '.join(f'{k} {v:.3g}' for k, v in rates.items()))
+          f"on {args.ranks} rank(s); rates: " + ', '.join(f'{k} {show_rate(v)}' for k, v in rates.items()))
     print("| method | GFLOP fwd+bwd | capture | decomp | precond | state MB/rank | ms fwd+bwd | capture | decomp | "
           "precond | adamw | total | x adamw |\n" + "|---" * 13 + "|")
     base, predicted = None, {}

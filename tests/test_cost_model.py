@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.cost_model import EIGH, main, step_cost
+from benchmarks.cost_model import EIGH, INVERSE, main, rate_at, step_cost, step_seconds
 from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.kronecker import gradient_matrix
@@ -47,7 +47,8 @@ def test_one_step_of_each_part_equals_a_hand_count():
     assert cost['decomp'] == sum(EIGH * (i ** 3 + o ** 3) for i, o in LAYERS)  # two eighs a layer
     assert cost['precond'] == sum(4 * o * i * (i + o) for i, o in LAYERS)  # Q_G^T V, . Q_A, and back
     amortised = step_cost('fixed_fisher', SMALL, 8 * N, ranks=8, factor_update_freq=10, inv_update_freq=10)
-    assert amortised['capture'] == cost['capture'] / 10 and amortised['decomp'] == cost['decomp'] / 80
+    assert amortised['capture'] == cost['capture'] / 10
+    assert amortised['decomp'] == pytest.approx(cost['decomp'] / 80, rel=1e-12)  # float64 rounding
     assert step_cost('kfac', SMALL, N)['precond'] == cost['precond'] / 2
 
 
@@ -79,6 +80,24 @@ def test_state_bytes_equal_a_real_optimizers_state(method, grafting):
     held = sum(t.nbytes for st in opt.layer_state.values() for t in st.values()
                if torch.is_tensor(t) and t.dim() > 0)  # not the 0-d damping_eff
     assert held == step_cost(method, SMALL, N, grafting=grafting)['state_bytes']
+
+
+def test_decompositions_run_at_the_rate_of_their_size():
+    """A table of rates {n: FLOP/s}: each factor's decomposition at its own size's rate (log-interpolated between
+    the table's sizes, its end values beyond them); one number: all sizes alike."""
+    table = {128: 1e10, 512: 3e10}
+    assert rate_at(table, 128) == 1e10 and rate_at(table, 64) == 1e10 and rate_at(table, 4096) == 3e10
+    assert rate_at(table, 256) == pytest.approx(2e10)  # halfway in log n
+    assert rate_at(5e9, 300) == 5e9
+    by_size = {128: 4 * 5 * EIGH * 128 ** 3, 384: 4 * EIGH * 384 ** 3, 512: 4 * 2 * EIGH * 512 ** 3}
+    rates = dict(matmul_flops_per_s=1e11, eigh_flops_per_s=table, inverse_flops_per_s=1e10, bytes_per_s=1e10)
+    for method, per, rate in (('fixed_fisher', EIGH, table), ('kfac', INVERSE, 1e10)):
+        cost = step_cost(method, SMALL, N, inv_update_freq=1)
+        # each layer's d_in and d_out (LAYERS): per block 128 five times, 384 once, 512 twice
+        assert cost['decomp_by_size'] == {n: f * per / EIGH for n, f in by_size.items()}
+        seconds = sum(f * per / EIGH / rate_at(rate, n) for n, f in by_size.items())
+        assert step_seconds(cost, method, rates)['decomp'] == pytest.approx(seconds, rel=1e-12)
+    assert step_seconds(step_cost('adamw', SMALL, N), 'adamw', rates)['decomp'] == 0
 
 
 def test_cli_prints_every_method_and_gpt2_sizes(capsys):
