@@ -9,6 +9,9 @@ $ python -m benchmarks.cost_model config/train_gpt2.py --tokens_per_step=524288 
 $ python -m benchmarks.cost_model config/adamw_small.py --calibrate                  # measure this machine's rates
 $ python -m benchmarks.cost_model config/adamw_small.py --calibrate --measured=results/timing_all_small/results.json
                                                            # and the prediction against a timing study's ms
+$ python -m benchmarks.cost_model config/train_gpt2.py --calibrate --device=cuda --sizes=256,512,1024,2048,4096 \
+      --save_rates=rates.json                              # a GPU's rates (benchmarks/gpu.py does this), then
+$ python -m benchmarks.cost_model config/train_gpt2.py --tokens_per_step=524288 --ranks=8 --rates=rates.json
 
 Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's factors) and N tokens per rank:
     forward 2 N d_in d_out, backward twice that (all Linears, the tied lm_head too), attention 4 N T d per layer
@@ -32,7 +35,9 @@ or --matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --b
 """
 
 import argparse
+import json
 import math
+import os
 import sys
 
 import torch
@@ -139,23 +144,26 @@ def step_seconds(cost, method, rates):
     return out
 
 
-def calibrate(sizes=CALIBRATION_SIZES):
-    """This machine's rates on the current thread count: float32 matmul FLOP/s (the median over sizes), eigh and
-    Cholesky inverse FLOP/s at each size ({n: FLOP/s}), and the bandwidth of an elementwise update."""
-    best = lambda fn: timeit(fn, cuda=False) / 1e3  # noqa: E731  (seconds: the best of a few runs)
+def calibrate(sizes=CALIBRATION_SIZES, device='cpu', matmul_dtype=torch.float32):
+    """This machine's rates (on a CPU: on the current thread count): matmul FLOP/s in matmul_dtype (the median over
+    sizes), float32 eigh and Cholesky inverse FLOP/s at each size ({n: FLOP/s}), and the bandwidth of an
+    elementwise float32 update."""
+    cuda = torch.device(device).type == 'cuda'
+    best = lambda fn: timeit(fn, cuda=cuda) / 1e3  # noqa: E731  (seconds: best of a few runs; on a GPU the median)
 
     rates = dict(matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[])
     for n in sizes:
-        X = torch.randn(n, n)
-        S = X @ X.T + n * torch.eye(n)
-        rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: X @ X))
+        X = torch.randn(n, n, device=device)
+        S = X @ X.T + n * torch.eye(n, device=device)
+        Xm = X.to(matmul_dtype)
+        rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: Xm @ Xm))
         rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(S)))
         rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(
             lambda: torch.cholesky_inverse(torch.linalg.cholesky(S))))
     out = dict(matmul_flops_per_s=sorted(rates['matmul_flops_per_s'])[len(sizes) // 2],
                eigh_flops_per_s=dict(zip(sizes, rates['eigh_flops_per_s'])),
                inverse_flops_per_s=dict(zip(sizes, rates['inverse_flops_per_s'])))
-    p, m = torch.randn(2 ** 22), torch.randn(2 ** 22)
+    p, m = torch.randn(2 ** 22, device=device), torch.randn(2 ** 22, device=device)
     out['bytes_per_s'] = 16 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))
     return out
 
@@ -163,6 +171,16 @@ def calibrate(sizes=CALIBRATION_SIZES):
 def show_rate(rate):
     """'6e+10', or a table as '3.8e+10@128 6.9e+10@256 ...'."""
     return ' '.join(f'{v:.3g}@{n}' for n, v in sorted(rate.items())) if isinstance(rate, dict) else f'{rate:.3g}'
+
+
+def load_rates(name):
+    """A preset of RATES by name, or the rates a --save_rates JSON file holds (its tables' sizes back to int)."""
+    if name in RATES:
+        return dict(RATES[name])
+    if not os.path.isfile(name):
+        raise ValueError(f"--rates={name!r} is neither a preset ({', '.join(sorted(RATES))}) nor a file")
+    with open(name) as f:
+        return {k: {int(n): r for n, r in v.items()} if isinstance(v, dict) else v for k, v in json.load(f).items()}
 
 
 def read_config(path, overrides):
@@ -188,8 +206,11 @@ def main(argv=None):
     p.add_argument('--tokens_per_step', type=int, default=None, help="over all ranks (default: the config's)")
     p.add_argument('--ranks', type=int, default=1)
     p.add_argument('--methods', default=','.join(METHODS))
-    p.add_argument('--rates', default='cpu1', choices=sorted(RATES))
+    p.add_argument('--rates', default='cpu1', help=f"{', '.join(sorted(RATES))}, or a JSON file of --save_rates")
+    p.add_argument('--save_rates', default=None, help="write the rates used (e.g. --calibrate's) to this JSON file")
     p.add_argument('--calibrate', action='store_true', help="measure this machine's rates and use them")
+    p.add_argument('--device', default='cpu', help="where --calibrate measures (cuda: matmuls in bfloat16)")
+    p.add_argument('--sizes', default=','.join(map(str, CALIBRATION_SIZES)), help="--calibrate's matrix sizes")
     for key in ('matmul_flops_per_s', 'eigh_flops_per_s', 'inverse_flops_per_s', 'bytes_per_s'):
         p.add_argument(f'--{key}', type=float, default=None)
     p.add_argument('--set', action='append', default=[], help="a config key=value (n_embd=256, ...), repeatable")
@@ -197,8 +218,13 @@ def main(argv=None):
                    "config/studies/timing_all_small.py) of the same model: predicted against measured ms per part")
     args = p.parse_args(argv)
     cfg = read_config(args.config, dict(s.split('=', 1) for s in args.set))
-    rates = calibrate() if args.calibrate else dict(RATES[args.rates])
+    matmul_dtype = torch.bfloat16 if torch.device(args.device).type == 'cuda' else torch.float32
+    rates = calibrate(tuple(int(n) for n in args.sizes.split(',')), args.device, matmul_dtype) if args.calibrate \
+        else load_rates(args.rates)
     rates.update({k: getattr(args, k) for k in rates if getattr(args, k) is not None})
+    if args.save_rates:
+        with open(args.save_rates, 'w') as f:
+            json.dump(rates, f, indent=1)
     tokens = args.tokens_per_step or cfg['batch_size'] * cfg['block_size'] * cfg['gradient_accumulation_steps']
     model = {k: cfg[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout',
                                  'attention')}
@@ -229,7 +255,6 @@ def against_measured(predicted, path):
     measured (its rows' ms_fwd_bwd, ms_decomp, ms_precond, ms_per_iter; an optimizer's first row), and both ratios
     to AdamW.
     Measured forward+backward holds the factor hooks; preconditioning holds grafting, momentum and the update."""
-    import json
     with open(path) as f:
         rows = {}  # an optimizer's first row (timing_all_small: its plain config, before the M&G variants)
         for r in json.load(f)['rows']:

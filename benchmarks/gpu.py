@@ -6,6 +6,10 @@ The GPU check, one command that fits in 10 minutes on one GPU and writes its fig
                   text), median over the last iterations
   equal_steps.md  a short equal-steps comparison of the same four on a ~20M model (6 x 384, block 256): final val
                   loss after the same iterations (one seed: a look, not a finding)
+  cost_model.md   this GPU's rates (python -m benchmarks.cost_model --calibrate --device=cuda: bf16 matmul, fp32
+                  eigh and Cholesky at sizes 256-4096, saved to rates.json), the cost model's prediction for the
+                  step-time runs beside their measurement, and its GPT-2 124M, 350M and 1.3B predictions at 524,288
+                  tokens per step on 8 ranks at these rates
 
 $ python -m benchmarks.gpu --out=results/gpu                      # on the GPU machine
 (data/shakespeare/prepare.py runs first if its train.bin is missing: it downloads, or reads NANOFISHER_DATA_MIRROR)
@@ -13,6 +17,7 @@ $ python -m benchmarks.gpu --tiny --out=/tmp/gpu-check             # the same st
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +38,7 @@ FULL = dict(step_time=['--n_layer=12', '--n_head=12', '--n_embd=768', '--block_s
 TINY_SIZE = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=2', '--max_iters=4',
              '--compile=False', '--dtype=float32', '--device=cpu']
 TINY = dict(step_time=TINY_SIZE, equal_steps=TINY_SIZE)
+GPT2_SIZES = [('124M', 12, 768, 12), ('350M', 24, 1024, 16), ('1.3B', 24, 2048, 16)]  # (name, layers, width, heads)
 
 
 def train(optimizer, args, out_dir):
@@ -48,6 +54,38 @@ def train(optimizer, args, out_dir):
     if result.returncode != 0:
         raise RuntimeError(f"{optimizer}: train.py failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return read_metrics(out_dir)
+
+
+def cost_model(out, train_args, step_time_runs, tiny, head):
+    """cost_model.md: calibrate this device's rates once (rates.json), then the cost model's prediction for the
+    step-time runs' config beside their measured medians, and for GPT-2 sizes at 524,288 tokens on 8 ranks."""
+    rows = [dict(optimizer=name, status='ok', **median_ms(trains[len(trains) // 2:]))
+            for name, (trains, _) in step_time_runs.items()]
+    measured, rates = os.path.join(out, 'step_time.json'), os.path.join(out, 'rates.json')
+    with open(measured, 'w') as f:
+        json.dump(dict(rows=rows), f, indent=1)
+    value = {a.split('=')[0][2:]: a.split('=')[1] for a in train_args}
+    model = [f'--set={k}={value[k]}' for k in ('n_layer', 'n_head', 'n_embd', 'block_size')]
+    common = ['--set=vocab_size=50304', '--set=grafting=adam', '--set=factor_update_freq=10',
+              '--set=inv_update_freq=10', f"--methods={','.join(OPTIMIZERS)}"]
+    calibration = ['--calibrate', '--device=cpu', '--sizes=16,32'] if tiny else \
+        ['--calibrate', '--device=cuda', '--sizes=256,512,1024,2048,4096']
+    tokens = int(value['batch_size']) * int(value['block_size'])
+    calls = [(f"the step-time runs' config ({tokens:,} tokens per step, 1 rank): predicted / measured",
+              [*model, *common, f'--tokens_per_step={tokens}', *calibration, f'--save_rates={rates}',
+               f'--measured={measured}'])]
+    for name, layers, width, heads in GPT2_SIZES[:1] if tiny else GPT2_SIZES:
+        calls.append((f"GPT-2 {name} at 524,288 tokens per step on 8 ranks, these rates",
+                      [f'--set=n_layer={layers}', f'--set=n_embd={width}', f'--set=n_head={heads}',
+                       '--set=block_size=1024', *common, '--tokens_per_step=524288', '--ranks=8', f'--rates={rates}']))
+    text = [head]
+    for title, call in calls:
+        result = subprocess.run([sys.executable, '-m', 'benchmarks.cost_model', *call], capture_output=True,
+                                text=True, cwd=ROOT)
+        text.append(f"## {title}\n\n" + (result.stdout if result.returncode == 0 else
+                                          f"failed:\n{result.stderr[-3000:]}\n"))
+    with open(os.path.join(out, 'cost_model.md'), 'w') as f:
+        f.write('\n'.join(text))
 
 
 def main(argv=None):
@@ -81,6 +119,7 @@ def main(argv=None):
         lines.append(f"| {name} | {' | '.join(cells)} | {ms['ms_per_iter'] / base:.2f} |")
     with open(os.path.join(args.out, 'step_time.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
+    cost_model(args.out, sizes['step_time'], step_time_runs, tiny=args.tiny, head=head)
     lines = [head + "| optimizer | final val loss | iterations |", "|---|---|---|"]
     for name in OPTIMIZERS:  # (--tiny's two sizes are one: its step-time runs serve)
         _, evals = step_time_runs[name] if sizes['equal_steps'] == sizes['step_time'] else \
