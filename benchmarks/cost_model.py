@@ -19,18 +19,19 @@ Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's
     factor capture 2 N (d_in^2 + d_out^2) on factor-update steps, amortised: / factor_update_freq; with
     kfac_approx='reduce' 2 (N / T) (d_in^2 + d_out^2): one row per sequence (the sums over its T tokens are
     elementwise, not counted)
-    eigh 9 n^3 (Golub & Van Loan's symmetric QR with eigenvectors), a Cholesky inverse n^3 (n^3/3 + 2n^3/3),
+    eigh 9 n^3 (Golub & Van Loan's symmetric QR with eigenvectors), a Cholesky inverse n^3 (n^3/3 + 2n^3/3; on a
+    GPU KFAC runs Newton-Schulz, its rate calibrated as n^3-equivalent),
     amortised: / inv_update_freq, and / ranks (each layer is decomposed on one rank)
     preconditioning: kfac 2 products, 2 d_out d_in (d_in + d_out); eigenbasis methods 4 products, twice that;
     ekfac also its eigenbasis moments on factor-update steps, 2 N (d_in^2 + d_out^2 + d_in d_out)
     muon: 5 Newton-Schulz steps on each block matrix (m <= n): 5 (4 m^2 n + 2 m^3); soap: 4 products, its factors
     G G^T and G^T G every step, 2 d_out d_in (d_in + d_out), and an eigh every inv_update_freq
-Time: matmul FLOPs at the matmul rate, decompositions at the eigh (or Cholesky) rate for their size n (a rate per
-size, interpolated in log n, as --calibrate measures it: eigh runs faster per FLOP on larger matrices; or one rate
-for all sizes), AdamW's elementwise update at the memory bandwidth (16 bytes read and written per parameter and
-step, fp32 moments). The ratio to AdamW is the
-method's total over AdamW's on the same model and tokens. Rates: --rates=cpu1 (this repository's CPU, one thread,
-measured by --calibrate on sizes 128-1024), h100 (assumed: 400 TFLOP/s bf16 matmul at ~40% of peak, 1 TFLOP/s fp32 eigh, 2 TB/s),
+Time: matmul FLOPs at the matmul rate, decompositions at the eigh (or KFAC's damped-inverse) rate for their size n
+(a rate per size, interpolated in log n, as --calibrate measures it: eigh runs faster per FLOP on larger matrices;
+or one rate for all sizes), AdamW's elementwise update at the memory bandwidth (16 bytes read and written per
+parameter and step, fp32 moments). The ratio to AdamW is the method's total over AdamW's on the same model and
+tokens. Rates: --rates=cpu1 (a development CPU, one thread, measured by --calibrate on sizes 64-1024), h100
+(assumed: 400 TFLOP/s bf16 matmul at ~40% of peak, 1 TFLOP/s fp32 eigh, 2 TB/s), a JSON file of --save_rates,
 or --matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --bytes_per_s=...
 """
 
@@ -42,17 +43,18 @@ import sys
 
 import torch
 
-from benchmarks.kernels import timeit
+import kernels
+from benchmarks.kernels import spd, timeit
 from model import GPT, GPTConfig
 from optim.capture import split_layers
 
 EIGH, INVERSE, NS_STEPS = 9, 1, 5  # FLOPs of an n x n eigh / Cholesky inverse in units of n^3; Muon's NS steps
-CALIBRATION_SIZES = (128, 256, 512, 1024)
-# cpu1: --calibrate on a development machine (2-core Intel Xeon, one thread, float32; decompositions {n: FLOP/s});
-# h100: assumed, see above
-RATES = dict(cpu1=dict(matmul_flops_per_s=2e11, bytes_per_s=6e10,
-                       eigh_flops_per_s={128: 3.4e10, 256: 6.3e10, 512: 1.05e11, 1024: 1.2e11},
-                       inverse_flops_per_s={128: 1.2e10, 256: 3.3e10, 512: 5.3e10, 1024: 4.2e10}),
+CALIBRATION_SIZES = (64, 128, 256, 512, 1024)
+# cpu1: --calibrate on a development machine (2-core Intel Xeon, one thread, float32; decompositions {n: FLOP/s}),
+# results/scale/timing_width256/rates.json to two digits; h100: assumed, see above
+RATES = dict(cpu1=dict(matmul_flops_per_s=2.2e11, bytes_per_s=4.4e10,
+                       eigh_flops_per_s={64: 2e10, 128: 4.6e10, 256: 8.3e10, 512: 1.3e11, 1024: 1.5e11},
+                       inverse_flops_per_s={64: 2.2e9, 128: 6.8e9, 256: 2e10, 512: 3.5e10, 1024: 2.9e10}),
              h100=dict(matmul_flops_per_s=4e14, eigh_flops_per_s=1e12, inverse_flops_per_s=5e12, bytes_per_s=2e12))
 KRONECKER = {'kfac': ('inverse', 2), 'fixed_fisher': ('eigh', 4), 'ekfac': ('eigh', 4)}  # (decomposition, products)
 METHODS = ['adamw', *KRONECKER, 'muon', 'soap']  # psgd, eva, iEF, KPSVD, DyKAF: not modelled yet
@@ -83,14 +85,14 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
     linears, kron, blocks, n_params = layers_of(cfg, exclude, max_factor_dim)
     N, T, d, L = tokens_per_step / ranks, cfg['block_size'], cfg['n_embd'], cfg['n_layer']
     forward = sum(2 * N * i * o for i, o, _ in linears) + 4 * N * T * d * L
-    cost = dict(fwd_bwd=3 * forward, capture=0.0, decomp=0.0, precond=0.0, adamw_bytes=16.0 * n_params,
+    cost = dict(fwd_bwd=3 * forward, capture=0.0, precond=0.0, adamw_bytes=16.0 * n_params,
                 state_bytes=0.0, decomp_by_size={})
     if method in KRONECKER:
         kind, products = KRONECKER[method]
         rows = N / T if kfac_approx == 'reduce' else N  # a sequence a sample, or a token
         cost['capture'] = sum(2 * rows * (i * i + o * o) for i, o in kron) / factor_update_freq
         per = EIGH if kind == 'eigh' else INVERSE
-        decompositions(cost, [n for i, o in kron for n in (i, o)], per, inv_update_freq * ranks)
+        cost['decomp_by_size'] = decompositions([n for i, o in kron for n in (i, o)], per, inv_update_freq * ranks)
         cost['precond'] = sum(products * o * i * (i + o) for i, o in kron)
         if method == 'ekfac':  # (g Q_G)^2, (a Q_A)^2 and their product, on factor-update steps
             cost['capture'] += sum(2 * N * (i * i + o * o + i * o) for i, o in kron) / factor_update_freq
@@ -104,17 +106,18 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
     elif method == 'soap':
         cost['precond'] = sum(4 * o * i * (i + o) for o, i in blocks)  # 4 rotations (weights are (out, in))
         cost['capture'] = sum(2 * o * i * (i + o) for o, i in blocks)  # G G^T and G^T G every step
-        decompositions(cost, [n for o, i in blocks for n in (i, o)], EIGH, inv_update_freq)
+        cost['decomp_by_size'] = decompositions([n for o, i in blocks for n in (i, o)], EIGH, inv_update_freq)
+    cost['decomp'] = sum(cost['decomp_by_size'].values())
     return cost
 
 
-def decompositions(cost, sizes, per, amortised):
-    """cost['decomp'], the FLOPs of one n x n decomposition (per n^3) for each n in sizes / amortised, and
-    cost['decomp_by_size'], the same by n (for a rate that depends on n)."""
+def decompositions(sizes, per, amortised):
+    """{n: FLOPs}: one n x n decomposition (per n^3 FLOPs) for each n in sizes, / amortised, summed by n (the rate
+    depends on n)."""
     by_size = {}
     for n in sizes:
         by_size[n] = by_size.get(n, 0) + per * n ** 3 / amortised
-    cost['decomp'], cost['decomp_by_size'] = sum(by_size.values()), by_size
+    return by_size
 
 
 def rate_at(rate, n):
@@ -137,7 +140,7 @@ def step_seconds(cost, method, rates):
         else rates['eigh_flops_per_s']
     out = dict(fwd_bwd=cost['fwd_bwd'] / rates['matmul_flops_per_s'],
                capture=cost['capture'] / rates['matmul_flops_per_s'],
-               decomp=sum(f / rate_at(decomp_rate, n) for n, f in cost.get('decomp_by_size', {}).items()),
+               decomp=sum(f / rate_at(decomp_rate, n) for n, f in cost['decomp_by_size'].items()),
                precond=cost['precond'] / rates['matmul_flops_per_s'],
                adamw=cost['adamw_bytes'] / rates['bytes_per_s'])
     out['total'] = sum(out.values())
@@ -145,26 +148,25 @@ def step_seconds(cost, method, rates):
 
 
 def calibrate(sizes=CALIBRATION_SIZES, device='cpu', matmul_dtype=torch.float32):
-    """This machine's rates (on a CPU: on the current thread count): matmul FLOP/s in matmul_dtype (the median over
-    sizes), float32 eigh and Cholesky inverse FLOP/s at each size ({n: FLOP/s}), and the bandwidth of an
-    elementwise float32 update."""
+    """This machine's rates (on a CPU: on the current thread count): matmul FLOP/s in matmul_dtype (the best over
+    sizes: a large model's matmuls are as large as the largest), and at each size ({n: FLOP/s}) float32 eigh and
+    KFAC's damped inverse (kernels.damped_inverse: Cholesky on a CPU, Triton Newton-Schulz on a GPU; counted as n^3
+    FLOPs whatever it runs) of a factor-like matrix; and the bandwidth of an elementwise float32 update."""
     cuda = torch.device(device).type == 'cuda'
     best = lambda fn: timeit(fn, cuda=cuda) / 1e3  # noqa: E731  (seconds: best of a few runs; on a GPU the median)
 
     rates = dict(matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[])
     for n in sizes:
-        X = torch.randn(n, n, device=device)
-        S = X @ X.T + n * torch.eye(n, device=device)
-        Xm = X.to(matmul_dtype)
-        rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: Xm @ Xm))
-        rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(S)))
-        rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(
-            lambda: torch.cholesky_inverse(torch.linalg.cholesky(S))))
-    out = dict(matmul_flops_per_s=sorted(rates['matmul_flops_per_s'])[len(sizes) // 2],
+        X = torch.randn(n, n, device=device, dtype=matmul_dtype)
+        M = spd(n, 1, device)[0]  # eigenvalues 1 ... 1e-6, as a factor's
+        rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: X @ X))
+        rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(M)))
+        rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(lambda: kernels.damped_inverse(M, 1e-3)))
+    out = dict(matmul_flops_per_s=max(rates['matmul_flops_per_s']),
                eigh_flops_per_s=dict(zip(sizes, rates['eigh_flops_per_s'])),
                inverse_flops_per_s=dict(zip(sizes, rates['inverse_flops_per_s'])))
     p, m = torch.randn(2 ** 22, device=device), torch.randn(2 ** 22, device=device)
-    out['bytes_per_s'] = 16 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))
+    out['bytes_per_s'] = 12 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))  # read p and m, write p
     return out
 
 
@@ -180,7 +182,10 @@ def load_rates(name):
     if not os.path.isfile(name):
         raise ValueError(f"--rates={name!r} is neither a preset ({', '.join(sorted(RATES))}) nor a file")
     with open(name) as f:
-        return {k: {int(n): r for n, r in v.items()} if isinstance(v, dict) else v for k, v in json.load(f).items()}
+        rates = {k: {int(n): r for n, r in v.items()} if isinstance(v, dict) else v for k, v in json.load(f).items()}
+    if set(rates) != set(RATES['h100']):
+        raise ValueError(f"--rates={name!r} holds {sorted(rates)}; expected {sorted(RATES['h100'])}")
+    return rates
 
 
 def read_config(path, overrides):

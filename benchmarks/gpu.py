@@ -3,13 +3,13 @@ The GPU check, one command that fits in 10 minutes on one GPU and writes its fig
   kernels.md      the Triton kernels against torch (python -m benchmarks.kernels)
   step_time.md    ms/iter and its parts of adamw, kfac, fixed_fisher and muon at GPT-2 124M size (12 x 768, block
                   1024), torch.compile and bfloat16, on GPT-2 BPE tiny Shakespeare (throughput does not care which
-                  text), median over the last iterations
+                  text), the mean over the last 20 iterations (two cycles of the Kronecker updates)
   equal_steps.md  a short equal-steps comparison of the same four on a ~20M model (6 x 384, block 256): final val
                   loss after the same iterations (one seed: a look, not a finding)
   cost_model.md   this GPU's rates (python -m benchmarks.cost_model --calibrate --device=cuda: bf16 matmul, fp32
-                  eigh and Cholesky at sizes 256-4096, saved to rates.json), the cost model's prediction for the
-                  step-time runs beside their measurement, and its GPT-2 124M, 350M and 1.3B predictions at 524,288
-                  tokens per step on 8 ranks at these rates
+                  eigh and KFAC's damped inverse at sizes 256-4096, saved to rates.json), the cost model's
+                  prediction for the step-time runs beside their measurement, and its GPT-2 124M, 350M and 1.3B
+                  predictions at 524,288 tokens per step on 8 ranks at these rates
 
 $ python -m benchmarks.gpu --out=results/gpu                      # on the GPU machine
 (data/shakespeare/prepare.py runs first if its train.bin is missing: it downloads, or reads NANOFISHER_DATA_MIRROR)
@@ -24,12 +24,13 @@ import sys
 
 import torch
 
-from plot import median_ms, read_metrics
+from plot import BREAKDOWN, finite, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMIZERS = ['adamw', 'kfac', 'fixed_fisher', 'muon']
 KRONECKER = ['--damping_mode=relative', '--damping=1e-1', '--grafting=adam', '--factor_update_freq=10',
              '--inv_update_freq=10']  # the small configs' Kronecker settings
+CYCLE = 10  # their update frequencies: step times are means over whole cycles, each update at its 1/10 share
 # (name, train.py arguments): GPT-2 124M for step time, ~20M for the equal-steps look; --tiny: one tiny size
 FULL = dict(step_time=['--n_layer=12', '--n_head=12', '--n_embd=768', '--block_size=1024', '--batch_size=8',
                        '--max_iters=40', '--compile=True', '--dtype=bfloat16'],
@@ -56,15 +57,26 @@ def train(optimizer, args, out_dir):
     return read_metrics(out_dir)
 
 
-def cost_model(out, train_args, step_time_runs, tiny, head):
+def step_ms(trains):
+    """{key: mean ms} of each BREAKDOWN key over the last 2 cycles of per-iteration records (past compilation; each
+    record is one step, and only one step in a cycle decomposes)."""
+    window = trains[-2 * CYCLE:]
+    out = {}
+    for key, _ in BREAKDOWN:
+        values = [r[key] for r in window if finite(r.get(key))]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def cost_model(out, train_args, step_time_ms, tiny, head):
     """cost_model.md: calibrate this device's rates once (rates.json), then the cost model's prediction for the
-    step-time runs' config beside their measured medians, and for GPT-2 sizes at 524,288 tokens on 8 ranks."""
-    rows = [dict(optimizer=name, status='ok', **median_ms(trains[len(trains) // 2:]))
-            for name, (trains, _) in step_time_runs.items()]
-    measured, rates = os.path.join(out, 'step_time.json'), os.path.join(out, 'rates.json')
+    step-time runs' config beside their measured means, and for GPT-2 sizes at 524,288 tokens on 8 ranks."""
+    rows = [dict(optimizer=name, status='ok', **ms) for name, ms in step_time_ms.items()]
+    measured, rates = (os.path.abspath(os.path.join(out, name)) for name in ('step_time.json', 'rates.json'))
     with open(measured, 'w') as f:
         json.dump(dict(rows=rows), f, indent=1)
-    value = {a.split('=')[0][2:]: a.split('=')[1] for a in train_args}
+    value = dict(a[2:].split('=', 1) for a in train_args)
     model = [f'--set={k}={value[k]}' for k in ('n_layer', 'n_head', 'n_embd', 'block_size')]
     common = ['--set=vocab_size=50304', '--set=grafting=adam', '--set=factor_update_freq=10',
               '--set=inv_update_freq=10', f"--methods={','.join(OPTIMIZERS)}"]
@@ -109,17 +121,17 @@ def main(argv=None):
     runs = os.path.join(args.out, 'runs')
     lines = [head + "| optimizer | ms/iter | fwd+bwd | factors | decomp | precond | step | × adamw |",
              "|---|---|---|---|---|---|---|---|"]
-    base, step_time_runs = None, {}
+    base, step_time_runs, step_time_ms = None, {}, {}
     for name in OPTIMIZERS:
         trains, _ = step_time_runs[name] = train(name, sizes['step_time'], os.path.join(runs, f'step_time_{name}'))
-        ms = median_ms(trains[len(trains) // 2:])  # past compilation and warmup
+        ms = step_time_ms[name] = step_ms(trains)
         base = ms['ms_per_iter'] if name == 'adamw' else base
         cells = [f"{ms[k]:.1f}" if k in ms else '—' for k in ('ms_per_iter', 'ms_fwd_bwd', 'ms_factors', 'ms_decomp',
                                                               'ms_precond', 'ms_step')]
         lines.append(f"| {name} | {' | '.join(cells)} | {ms['ms_per_iter'] / base:.2f} |")
     with open(os.path.join(args.out, 'step_time.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
-    cost_model(args.out, sizes['step_time'], step_time_runs, tiny=args.tiny, head=head)
+    cost_model(args.out, sizes['step_time'], step_time_ms, tiny=args.tiny, head=head)
     lines = [head + "| optimizer | final val loss | iterations |", "|---|---|---|"]
     for name in OPTIMIZERS:  # (--tiny's two sizes are one: its step-time runs serve)
         _, evals = step_time_runs[name] if sizes['equal_steps'] == sizes['step_time'] else \

@@ -2,13 +2,14 @@
 step): torch's FlopCounterMode for forward+backward, factor capture and preconditioning, a hand count of its layers
 for the decompositions, and the bytes a real optimizer's layer_state holds."""
 import json
+import math
 
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.cost_model import EIGH, INVERSE, main, rate_at, step_cost, step_seconds
+from benchmarks.cost_model import EIGH, INVERSE, RATES, load_rates, main, rate_at, step_cost, step_seconds
 from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.kronecker import gradient_matrix
@@ -88,6 +89,9 @@ def test_decompositions_run_at_the_rate_of_their_size():
     table = {128: 1e10, 512: 3e10}
     assert rate_at(table, 128) == 1e10 and rate_at(table, 64) == 1e10 and rate_at(table, 4096) == 3e10
     assert rate_at(table, 256) == pytest.approx(2e10)  # halfway in log n
+    three = {128: 1e10, 256: 2e10, 512: 6e10}
+    assert rate_at(three, 384) == pytest.approx(2e10 + 4e10 * math.log(1.5) / math.log(2))  # in the upper segment
+    assert rate_at(three, 181) == pytest.approx(1e10 + 1e10 * math.log(181 / 128) / math.log(2))
     assert rate_at(5e9, 300) == 5e9
     by_size = {128: 4 * 5 * EIGH * 128 ** 3, 384: 4 * EIGH * 384 ** 3, 512: 4 * 2 * EIGH * 512 ** 3}
     rates = dict(matmul_flops_per_s=1e11, eigh_flops_per_s=table, inverse_flops_per_s=1e10, bytes_per_s=1e10)
@@ -95,9 +99,24 @@ def test_decompositions_run_at_the_rate_of_their_size():
         cost = step_cost(method, SMALL, N, inv_update_freq=1)
         # each layer's d_in and d_out (LAYERS): per block 128 five times, 384 once, 512 twice
         assert cost['decomp_by_size'] == {n: f * per / EIGH for n, f in by_size.items()}
-        seconds = sum(f * per / EIGH / rate_at(rate, n) for n, f in by_size.items())
+        at = {128: 1e10, 384: 1e10 + 2e10 * math.log(3) / math.log(4), 512: 3e10} if rate is table else \
+            dict.fromkeys(by_size, 1e10)  # table's rate at each size, by hand
+        seconds = sum(f * per / EIGH / at[n] for n, f in by_size.items())
         assert step_seconds(cost, method, rates)['decomp'] == pytest.approx(seconds, rel=1e-12)
     assert step_seconds(step_cost('adamw', SMALL, N), 'adamw', rates)['decomp'] == 0
+
+
+def test_rates_saved_to_a_file_read_back_the_same(tmp_path, capsys):
+    path = tmp_path / 'rates.json'
+    assert main(['config/fixed_fisher_small.py', '--rates=cpu1', f'--save_rates={path}']) == 0
+    assert load_rates(str(path)) == RATES['cpu1']  # the tables' sizes back to int
+    assert main(['config/fixed_fisher_small.py', f'--rates={path}']) == 0
+    assert capsys.readouterr().out.count('@1024') == 4  # two tables, printed by both calls
+    path.write_text(json.dumps(dict(matmul_flops_per_s=1e11)))
+    with pytest.raises(ValueError, match='rates.json.*expected'):
+        load_rates(str(path))
+    with pytest.raises(ValueError, match="'nope' is neither a preset"):
+        load_rates('nope')
 
 
 def test_cli_prints_every_method_and_gpt2_sizes(capsys):
