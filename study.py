@@ -693,11 +693,13 @@ def run_study(train_args, specs, grid, out_dir, target_loss=None, nproc=1, plot=
         return points
 
     def row_of(run):
-        """A row: its first seed's full-length trial (else the first of its trials), its grid, and the statistics
-        over the seeds (mean_sd_ci), paired to the reference's and against the ladder."""
+        """A row: its first seed's full-length trial (else its best point's tuning trial, else the first of its
+        trials), its grid, and the statistics over the seeds (mean_sd_ci), paired to the reference's and against the
+        ladder."""
         points, best, trials = at_seeds(run)
         mine = sorted((t for t in done.values() if t['name'] == run['name']), key=lambda t: order[t['trial']])
-        row = dict(trials[0] or mine[0])
+        tuned = [t for t in mine if best is not None and t['tuned'] == dict(best) and t['seed'] == seeds[0]]
+        row = dict(trials[0] or (tuned + mine)[0])
         finals = [final_loss(t) for t in trials]
         not_ok = [(s, t) for s, t in zip(seeds, trials) if not t or t['status'] != 'ok']
         if tuning(run)[0] or (best is not None and not_ok and not not_ok[0][1]):

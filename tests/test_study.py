@@ -372,6 +372,26 @@ def test_tune_iters_and_a_diverged_seed(tmp_path, monkeypatch):
     assert 'on runs of 2 iterations' in table
 
 
+def test_a_pending_row_shows_its_best_point(tmp_path, monkeypatch):
+    """Mid-study (results.json is rewritten as each run ends), a row whose tuning has ended and whose full-length
+    runs have not shows its best point and that point's tuning run, not the grid's first point."""
+    def stopped_at_full_length(args, run_dir, nproc):
+        if arg(args, 'max_iters') == '4':
+            raise Interrupted
+        return fake_run(args, run_dir, nproc)
+
+    monkeypatch.setattr(study, 'run_one', stopped_at_full_length)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Interrupted):
+        study.main(['--optimizers=adamw', '--out_dir=out', '--max_iters=4', '--tune', 'lr=1e-3,1e-2,1e-1',
+                    '--tune_iters=2', '--jobs=1'])
+    with open(tmp_path / 'out' / 'results.json') as f:
+        row, = json.load(f)['rows']
+    assert row['status'] == 'pending' and row['tuned'] == {'learning_rate': '1e-2'}  # lr_loss: 1e-2 is the best
+    assert row['iters'] == 2 and row['best_val_loss'] == pytest.approx(1.0)  # its tuning run's figures
+    assert '| adamw | learning_rate=1e-2 |' in open(tmp_path / 'out' / 'results.md').read()
+
+
 def test_tuned_from_runs_each_rows_best_point_from_another_study(tmp_path, monkeypatch):
     """--tuned_from: a study at another length (here 2 iterations, tuned) gives each run its best point there; the
     longer study runs only that point at each seed, with no grid of its own; a run it has no row for is an error."""
