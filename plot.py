@@ -76,13 +76,14 @@ def finite(x):
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def median_ms(train):
-    """{key: median over the train records} for each BREAKDOWN key that some record has a finite value of."""
+def median_ms(train, average=statistics.median):
+    """{key: median (or another average) over the train records} for each BREAKDOWN key that some record has a
+    finite value of."""
     out = {}
     for key, _ in BREAKDOWN:
         values = [r[key] for r in train if finite(r.get(key))]
         if values:
-            out[key] = statistics.median(values)
+            out[key] = average(values)
     return out
 
 

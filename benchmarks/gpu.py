@@ -19,12 +19,13 @@ $ python -m benchmarks.gpu --tiny --out=/tmp/gpu-check             # the same st
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 import torch
 
-from plot import BREAKDOWN, finite, read_metrics
+from plot import median_ms, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMIZERS = ['adamw', 'kfac', 'fixed_fisher', 'muon']
@@ -60,13 +61,7 @@ def train(optimizer, args, out_dir):
 def step_ms(trains):
     """{key: mean ms} of each BREAKDOWN key over the last 2 cycles of per-iteration records (past compilation; each
     record is one step, and only one step in a cycle decomposes)."""
-    window = trains[-2 * CYCLE:]
-    out = {}
-    for key, _ in BREAKDOWN:
-        values = [r[key] for r in window if finite(r.get(key))]
-        if values:
-            out[key] = sum(values) / len(values)
-    return out
+    return median_ms(trains[-2 * CYCLE:], average=statistics.fmean)
 
 
 def cost_model(out, train_args, step_time_ms, tiny, head):
@@ -78,8 +73,8 @@ def cost_model(out, train_args, step_time_ms, tiny, head):
         json.dump(dict(rows=rows), f, indent=1)
     value = dict(a[2:].split('=', 1) for a in train_args)
     model = [f'--set={k}={value[k]}' for k in ('n_layer', 'n_head', 'n_embd', 'block_size')]
-    common = ['--set=vocab_size=50304', '--set=grafting=adam', '--set=factor_update_freq=10',
-              '--set=inv_update_freq=10', f"--methods={','.join(OPTIMIZERS)}"]
+    common = ['--set=vocab_size=50304', '--set=grafting=adam', f'--set=factor_update_freq={CYCLE}',
+              f'--set=inv_update_freq={CYCLE}', f"--methods={','.join(OPTIMIZERS)}"]
     calibration = ['--calibrate', '--device=cpu', '--sizes=16,32'] if tiny else \
         ['--calibrate', '--device=cuda', '--sizes=256,512,1024,2048,4096']
     tokens = int(value['batch_size']) * int(value['block_size'])
