@@ -7,8 +7,9 @@ decompositions per rank, and the predicted step time and its ratio to AdamW's.
 $ python -m benchmarks.cost_model config/fixed_fisher_small.py                     # the small model, this CPU's rates
 $ python -m benchmarks.cost_model config/train_gpt2.py --tokens_per_step=524288 --ranks=8 --rates=h100
 $ python -m benchmarks.cost_model config/adamw_small.py --calibrate                  # measure this machine's rates
-$ python -m benchmarks.cost_model config/adamw_small.py --calibrate --measured=results/timing_all_small/results.json
-                                                           # and the prediction against a timing study's ms
+$ python -m benchmarks.cost_model config/adamw_small.py --calibrate --measured=results/timing_all_small/results.json \
+      --set=max_iters=100                                  # against a timing study's ms (max_iters: its runs' length,
+                                                           # for PSGD's fit schedule)
 $ python -m benchmarks.cost_model config/train_gpt2.py --calibrate --device=cuda --sizes=256,512,1024,2048,4096 \
       --save_rates=rates.json                              # a GPU's rates (benchmarks/gpu.py does this), then
 $ python -m benchmarks.cost_model config/train_gpt2.py --tokens_per_step=524288 --ranks=8 --rates=rates.json
@@ -24,15 +25,24 @@ Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's
     amortised: / inv_update_freq, and / ranks (each layer is decomposed on one rank)
     preconditioning: kfac 2 products, 2 d_out d_in (d_in + d_out); eigenbasis methods 4 products, twice that;
     ekfac also its eigenbasis moments on factor-update steps, 2 N (d_in^2 + d_out^2 + d_in d_out)
-    muon: 5 Newton-Schulz steps on each block matrix (m <= n): 5 (4 m^2 n + 2 m^3); soap: 4 products, its factors
-    G G^T and G^T G every step, 2 d_out d_in (d_in + d_out), and an eigh every inv_update_freq
-Time: matmul FLOPs at the matmul rate, decompositions at the eigh (or KFAC's damped-inverse) rate for their size n
+    muon: 5 Newton-Schulz steps on each block matrix (m <= n): 5 (4 m^2 n + 2 m^3)
+    soap (pytorch-optimizer's, on every 2-D weight, the embeddings too; an axis n <= max_factor_dim is rotated, m
+    the other): per rotated axis, its factor G G^T every step 2 n^2 m (counted as capture), three projections
+    (the gradient and Adam's first moment into the basis, the update back) 3 x 2 n^2 m, and every
+    inv_update_freq a power step GG Q 2 n^3 and a QR (Householder 4n^3/3 and forming Q 4n^3/3)
+    psgd (heavyball's PSGD-Kron on the block matrices; an axis n <= max_factor_dim has a triangular Q, wider ones a
+    diagonal, not counted): applying P = Q^T Q every step, two products per axis, 4 n^2 m; fitting Q with the
+    mean probability of heavyball's schedule over the run's `steps` (every step for 1,000, then 0.999^k down to
+    0.03): per axis A = Q h 2 n^2 m, B = Q^-T v (a triangular solve) n^2 m, A_i A_i^T and B_i B_i^T 4 n^2 m, and
+    the step on Q 2 n^3 (all counted as preconditioning)
+Time: matmul FLOPs at the matmul rate, decompositions at the eigh (KFAC: damped-inverse; SOAP: QR) rate for their size n
 (a rate per size, interpolated in log n, as --calibrate measures it: eigh runs faster per FLOP on larger matrices;
 or one rate for all sizes), AdamW's elementwise update at the memory bandwidth (16 bytes read and written per
 parameter and step, fp32 moments). The ratio to AdamW is the method's total over AdamW's on the same model and
 tokens. Rates: --rates=cpu1 (a development CPU, one thread, measured by --calibrate on sizes 64-1024), h100
-(assumed: 400 TFLOP/s bf16 matmul at ~40% of peak, 1 TFLOP/s fp32 eigh, 2 TB/s), a JSON file of --save_rates,
-or --matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --bytes_per_s=...
+(assumed: 400 TFLOP/s bf16 matmul at ~40% of peak, 1 TFLOP/s fp32 eigh and QR, 2 TB/s), a JSON file of
+--save_rates, or --matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --qr_flops_per_s=...
+--bytes_per_s=...
 """
 
 import argparse
@@ -48,51 +58,74 @@ from benchmarks.kernels import spd, timeit
 from model import GPT, GPTConfig
 from optim.capture import split_layers
 
-EIGH, INVERSE, NS_STEPS = 9, 1, 5  # FLOPs of an n x n eigh / Cholesky inverse in units of n^3; Muon's NS steps
+EIGH, INVERSE, QR, NS_STEPS = 9, 1, 8 / 3, 5  # FLOPs of an n x n eigh / Cholesky inverse / QR in n^3; Muon's NS steps
 CALIBRATION_SIZES = (64, 128, 256, 512, 1024)
 # cpu1: --calibrate on a development machine (2-core Intel Xeon, one thread, float32; decompositions {n: FLOP/s}),
 # results/scale/timing_width256/rates.json to two digits; h100: assumed, see above
-RATES = dict(cpu1=dict(matmul_flops_per_s=2.2e11, bytes_per_s=4.4e10,
-                       eigh_flops_per_s={64: 2e10, 128: 4.6e10, 256: 8.3e10, 512: 1.3e11, 1024: 1.5e11},
-                       inverse_flops_per_s={64: 2.2e9, 128: 6.8e9, 256: 2e10, 512: 3.5e10, 1024: 2.9e10}),
-             h100=dict(matmul_flops_per_s=4e14, eigh_flops_per_s=1e12, inverse_flops_per_s=5e12, bytes_per_s=2e12))
+RATES = dict(cpu1=dict(matmul_flops_per_s=1.8e11, bytes_per_s=4.2e10,
+                       eigh_flops_per_s={64: 1.8e10, 128: 3.5e10, 256: 6.6e10, 512: 1.1e11, 1024: 1.2e11},
+                       inverse_flops_per_s={64: 1.6e9, 128: 5.4e9, 256: 1.6e10, 512: 2.9e10, 1024: 2.5e10},
+                       qr_flops_per_s={64: 1.1e10, 128: 1.7e10, 256: 3.5e10, 512: 5.5e10, 1024: 4.6e10}),
+             h100=dict(matmul_flops_per_s=4e14, eigh_flops_per_s=1e12, inverse_flops_per_s=5e12, qr_flops_per_s=1e12,
+                       bytes_per_s=2e12))
 KRONECKER = {'kfac': ('inverse', 2), 'fixed_fisher': ('eigh', 4), 'ekfac': ('eigh', 4)}  # (decomposition, products)
-METHODS = ['adamw', *KRONECKER, 'muon', 'soap']  # psgd, eva, iEF, KPSVD, DyKAF: not modelled yet
+METHODS = ['adamw', *KRONECKER, 'muon', 'soap', 'psgd']  # eva, iEF, KPSVD, DyKAF: not modelled yet
+PSGD_SCHEDULE = dict(flat=1000, decay=0.999, floor=0.03)  # heavyball's precond_update_prob_schedule defaults
 
 
 def layers_of(cfg, exclude='', max_factor_dim=4096):
-    """(the model's nn.Linear shapes [(d_in, d_out, bias)], the preconditioned ones as split_layers picks them, the
-    parameter count), from a model built on the meta device (no memory, any size)."""
+    """(the model's nn.Linear shapes [(d_in, d_out, bias)], the preconditioned ones as split_layers picks them
+    [(d_in [+1], d_out)], {parameter name: shape} (tied weights once), the parameter count), from a model built on
+    the meta device (no memory, any size)."""
     with torch.device('meta'):
         model = GPT(GPTConfig(**cfg))
     linears = [(m.in_features, m.out_features, m.bias is not None) for m in model.modules()
                if isinstance(m, torch.nn.Linear)]
     pre, _ = split_layers(model, exclude, max_factor_dim)
     kron = [(m.in_features + (m.bias is not None), m.out_features) for m in pre.values()]
-    blocks = [tuple(p.shape) for n, p in model.named_parameters() if n.startswith('transformer.h.') and p.dim() == 2]
-    return linears, kron, blocks, sum(p.numel() for p in model.parameters())
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    return linears, kron, shapes, sum(p.numel() for p in model.parameters())
+
+
+def psgd_fit_fraction(steps, flat=PSGD_SCHEDULE['flat'], decay=PSGD_SCHEDULE['decay'], floor=PSGD_SCHEDULE['floor']):
+    """The mean probability of a PSGD preconditioner fit over steps 1 ... steps of heavyball's schedule
+    p(n) = max(floor, decay^max(n - flat, 0)): 1 for the first flat steps, then a geometric sum while decay^k is
+    above the floor (k <= K), then the floor."""
+    K = math.floor(math.log(floor) / math.log(decay))
+    annealed = max(steps - flat, 0)
+    k = min(annealed, K)
+    return (min(steps, flat) + decay * (1 - decay ** k) / (1 - decay) + floor * (annealed - k)) / steps
 
 
 def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_update_freq=10, exclude='',
-              max_factor_dim=4096, grafting='none', kfac_approx='expand'):
-    """{part: FLOPs (or bytes, for 'adamw_bytes')} of one step on one rank, and 'state_bytes' (the Kronecker
-    factors, decompositions, momentum buffer and grafting moments per rank, float32, as the optimizer's layer_state
-    holds them). tokens_per_step over all ranks."""
+              max_factor_dim=4096, grafting='none', kfac_approx='expand', steps=600000):
+    """{part: FLOPs (or bytes, for 'adamw_bytes')} of one step on one rank, 'decomp_by_size' {n: FLOPs} and
+    'decomp_kind' (the rate they run at: eigh, inverse or qr), and 'state_bytes': the preconditioned weights' state
+    per rank, float32: the Kronecker factors, decompositions, momentum buffer and grafting moments as the
+    optimizer's layer_state holds them; Muon's momentum; SOAP's factors, bases and Adam moments (every weight);
+    PSGD's momentum and triangular Q (as heavyball stores it: n(n + 1)/2) (AdamW's moments of the weights these
+    leave to it, and scalar step counts, are not counted). tokens_per_step over all ranks; steps: the run's length
+    (PSGD's fit schedule)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; the cost model knows {', '.join(METHODS)}")
     if kfac_approx not in ('expand', 'reduce'):
         raise ValueError(f"unknown kfac_approx {kfac_approx!r}; known: expand, reduce")
-    linears, kron, blocks, n_params = layers_of(cfg, exclude, max_factor_dim)
+    linears, kron, shapes, n_params = layers_of(cfg, exclude, max_factor_dim)
+    blocks = [s for n, s in shapes.items() if n.startswith('transformer.h.') and len(s) == 2]  # (out, in)
     N, T, d, L = tokens_per_step / ranks, cfg['block_size'], cfg['n_embd'], cfg['n_layer']
     forward = sum(2 * N * i * o for i, o, _ in linears) + 4 * N * T * d * L
     cost = dict(fwd_bwd=3 * forward, capture=0.0, precond=0.0, adamw_bytes=16.0 * n_params,
-                state_bytes=0.0, decomp_by_size={})
+                state_bytes=0.0, decomp_by_size={}, decomp_kind=None)
+    # each matrix's axes (n, the other size m), and which of them are preconditioned
+    axes = lambda s: [(s[0], s[1]), (s[1], s[0])]  # noqa: E731
+    fits = lambda n: n <= max_factor_dim  # noqa: E731
     if method in KRONECKER:
         kind, products = KRONECKER[method]
         rows = N / T if kfac_approx == 'reduce' else N  # a sequence a sample, or a token
         cost['capture'] = sum(2 * rows * (i * i + o * o) for i, o in kron) / factor_update_freq
         per = EIGH if kind == 'eigh' else INVERSE
         cost['decomp_by_size'] = decompositions([n for i, o in kron for n in (i, o)], per, inv_update_freq * ranks)
+        cost['decomp_kind'] = kind
         cost['precond'] = sum(products * o * i * (i + o) for i, o in kron)
         if method == 'ekfac':  # (g Q_G)^2, (a Q_A)^2 and their product, on factor-update steps
             cost['capture'] += sum(2 * N * (i * i + o * o + i * o) for i, o in kron) / factor_update_freq
@@ -103,10 +136,20 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
             cost['state_bytes'] = 4.0 * sum(2 * (i * i + o * o) + buffers * i * o for i, o in kron)
     elif method == 'muon':
         cost['precond'] = sum(NS_STEPS * (4 * min(s) ** 2 * max(s) + 2 * min(s) ** 3) for s in blocks)
+        cost['state_bytes'] = 4.0 * sum(o * i for o, i in blocks)  # momentum
     elif method == 'soap':
-        cost['precond'] = sum(4 * o * i * (i + o) for o, i in blocks)  # 4 rotations (weights are (out, in))
-        cost['capture'] = sum(2 * o * i * (i + o) for o, i in blocks)  # G G^T and G^T G every step
-        cost['decomp_by_size'] = decompositions([n for o, i in blocks for n in (i, o)], EIGH, inv_update_freq)
+        rotated = [(n, m) for s in shapes.values() if len(s) == 2 for n, m in axes(s) if fits(n)]
+        cost['capture'] = sum(2 * n * n * m for n, m in rotated)  # G G^T every step
+        cost['precond'] = sum(3 * 2 * n * n * m + 2 * n ** 3 / inv_update_freq for n, m in rotated)
+        cost['decomp_by_size'] = decompositions([n for n, _ in rotated], QR, inv_update_freq)
+        cost['decomp_kind'] = 'qr'
+        cost['state_bytes'] = 4.0 * (2 * n_params + sum(2 * n * n for n, _ in rotated))  # m, v; GG, Q
+    elif method == 'psgd':
+        triangular = [(n, m) for s in blocks for n, m in axes(s) if fits(n)]
+        fit = psgd_fit_fraction(steps) * sum(7 * n * n * m + 2 * n ** 3 for n, m in triangular)
+        cost['precond'] = sum(4 * n * n * m for n, m in triangular) + fit
+        cost['state_bytes'] = 4.0 * sum(o * i + sum(n * (n + 1) // 2 if fits(n) else n for n in (o, i))
+                                        for o, i in blocks)  # momentum, Q
     cost['decomp'] = sum(cost['decomp_by_size'].values())
     return cost
 
@@ -134,10 +177,9 @@ def rate_at(rate, n):
     return rate[lo] + t * (rate[hi] - rate[lo])
 
 
-def step_seconds(cost, method, rates):
+def step_seconds(cost, rates):
     """{part: predicted seconds} from step_cost's FLOPs and the rates."""
-    decomp_rate = rates['inverse_flops_per_s'] if KRONECKER.get(method, ('eigh',))[0] == 'inverse' \
-        else rates['eigh_flops_per_s']
+    decomp_rate = rates[f"{cost['decomp_kind']}_flops_per_s"] if cost['decomp_kind'] else 1.0  # (no FLOPs)
     out = dict(fwd_bwd=cost['fwd_bwd'] / rates['matmul_flops_per_s'],
                capture=cost['capture'] / rates['matmul_flops_per_s'],
                decomp=sum(f / rate_at(decomp_rate, n) for n, f in cost['decomp_by_size'].items()),
@@ -149,22 +191,24 @@ def step_seconds(cost, method, rates):
 
 def calibrate(sizes=CALIBRATION_SIZES, device='cpu', matmul_dtype=torch.float32):
     """This machine's rates (on a CPU: on the current thread count): matmul FLOP/s in matmul_dtype (the best over
-    sizes: a large model's matmuls are as large as the largest), and at each size ({n: FLOP/s}) float32 eigh and
+    sizes: a large model's matmuls are as large as the largest), and at each size ({n: FLOP/s}) float32 eigh,
     KFAC's damped inverse (kernels.damped_inverse: Cholesky on a CPU, Triton Newton-Schulz on a GPU; counted as n^3
-    FLOPs whatever it runs) of a factor-like matrix; and the bandwidth of an elementwise float32 update."""
+    FLOPs whatever it runs) of a factor-like matrix and QR (SOAP's) of a factor times a basis; and the bandwidth of
+    an elementwise float32 update."""
     cuda = torch.device(device).type == 'cuda'
     best = lambda fn: timeit(fn, cuda=cuda) / 1e3  # noqa: E731  (seconds: best of a few runs; on a GPU the median)
 
-    rates = dict(matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[])
+    rates = dict(matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[], qr_flops_per_s=[])
     for n in sizes:
         X = torch.randn(n, n, device=device, dtype=matmul_dtype)
         M = spd(n, 1, device)[0]  # eigenvalues 1 ... 1e-6, as a factor's
         rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: X @ X))
         rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(M)))
         rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(lambda: kernels.damped_inverse(M, 1e-3)))
+        MQ = M @ torch.linalg.qr(torch.randn(n, n, device=device))[0]  # SOAP's power step GG Q
+        rates['qr_flops_per_s'].append(QR * n ** 3 / best(lambda: torch.linalg.qr(MQ)))
     out = dict(matmul_flops_per_s=max(rates['matmul_flops_per_s']),
-               eigh_flops_per_s=dict(zip(sizes, rates['eigh_flops_per_s'])),
-               inverse_flops_per_s=dict(zip(sizes, rates['inverse_flops_per_s'])))
+               **{k: dict(zip(sizes, v)) for k, v in rates.items() if k != 'matmul_flops_per_s'})
     p, m = torch.randn(2 ** 22, device=device), torch.randn(2 ** 22, device=device)
     out['bytes_per_s'] = 12 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))  # read p and m, write p
     return out
@@ -193,7 +237,7 @@ def read_config(path, overrides):
     keys = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, bias=False, vocab_size=50304, dropout=0.0,
                 attention='softmax', batch_size=12, gradient_accumulation_steps=40, optimizer='adamw',
                 factor_update_freq=10, inv_update_freq=10, exclude='', max_factor_dim=4096, grafting='none',
-                kfac_approx='expand')
+                kfac_approx='expand', max_iters=600000)
     if path:
         scope = {}
         exec(open(path).read(), scope)
@@ -216,7 +260,7 @@ def main(argv=None):
     p.add_argument('--calibrate', action='store_true', help="measure this machine's rates and use them")
     p.add_argument('--device', default='cpu', help="where --calibrate measures (cuda: matmuls in bfloat16)")
     p.add_argument('--sizes', default=','.join(map(str, CALIBRATION_SIZES)), help="--calibrate's matrix sizes")
-    for key in ('matmul_flops_per_s', 'eigh_flops_per_s', 'inverse_flops_per_s', 'bytes_per_s'):
+    for key in RATES['h100']:
         p.add_argument(f'--{key}', type=float, default=None)
     p.add_argument('--set', action='append', default=[], help="a config key=value (n_embd=256, ...), repeatable")
     p.add_argument('--measured', default=None, help="a timing study's results.json (study.py, e.g. "
@@ -236,13 +280,16 @@ def main(argv=None):
     n_params = layers_of(model)[3]
     print(f"model {cfg['n_layer']}x{cfg['n_embd']} ({n_params / 1e6:.1f}M parameters), {tokens:,} tokens per step "
           f"on {args.ranks} rank(s); rates: " + ', '.join(f'{k} {show_rate(v)}' for k, v in rates.items()))
+    if 'psgd' in args.methods.split(','):
+        print(f"psgd fits its preconditioner on {psgd_fit_fraction(cfg['max_iters']):.3f} of the steps of a "
+              f"{cfg['max_iters']:,}-step run (--set=max_iters=...)")
     print("| method | GFLOP fwd+bwd | capture | decomp | precond | state MB/rank | ms fwd+bwd | capture | decomp | "
           "precond | adamw | total | x adamw |\n" + "|---" * 13 + "|")
     base, predicted = None, {}
     for method in args.methods.split(','):
         c = step_cost(method, model, tokens, args.ranks, cfg['factor_update_freq'], cfg['inv_update_freq'],
-                      cfg['exclude'], cfg['max_factor_dim'], cfg['grafting'], cfg['kfac_approx'])
-        s = step_seconds(c, method, rates)
+                      cfg['exclude'], cfg['max_factor_dim'], cfg['grafting'], cfg['kfac_approx'], cfg['max_iters'])
+        s = step_seconds(c, rates)
         base = s['total'] if method == 'adamw' else base
         ratio = f"{s['total'] / base:.2f}" if base else '—'
         print(f"| {method} | " + ' | '.join(f"{c[k] / 1e9:.3g}" for k in ('fwd_bwd', 'capture', 'decomp', 'precond'))
@@ -257,28 +304,34 @@ def main(argv=None):
 
 def against_measured(predicted, path):
     """A markdown table: each method's predicted ms per part (step_seconds) beside the medians a timing study
-    measured (its rows' ms_fwd_bwd, ms_decomp, ms_precond, ms_per_iter; an optimizer's first row), and both ratios
-    to AdamW.
-    Measured forward+backward holds the factor hooks; preconditioning holds grafting, momentum and the update."""
+    measured (its rows' ms_fwd_bwd, ms_decomp, ms_precond, ms_per_iter; an optimizer's first row), its total less
+    AdamW's (the optimizer's own cost, both ways), and both ratios to AdamW.
+    Measured forward+backward holds the Kronecker methods' factor hooks (their capture is predicted there);
+    preconditioning holds grafting, momentum and the update. SOAP's factors are built in its step: predicted
+    with its preconditioning."""
     with open(path) as f:
         rows = {}  # an optimizer's first row (timing_all_small: its plain config, before the M&G variants)
         for r in json.load(f)['rows']:
             if r.get('status') == 'ok' and r.get('ms_per_iter'):
                 rows.setdefault(r['optimizer'], r)
     fmt = lambda x: '—' if x is None else f'{x:.1f}'  # noqa: E731
-    out = ["| method | fwd+bwd predicted / measured ms | decomp | precond | total | × adamw predicted / measured |",
-           "|---|---|---|---|---|---|"]
+    out = ["| method | fwd+bwd predicted / measured ms | decomp | precond | total | over adamw's total | "
+           "× adamw predicted / measured |", "|---|---|---|---|---|---|---|"]
     base = (predicted.get('adamw'), rows.get('adamw'))
     for method, s in predicted.items():
         m = rows.get(method)
         if m is None:
             continue
-        pairs = [(1e3 * (s['fwd_bwd'] + s['capture']), m.get('ms_fwd_bwd')), (1e3 * s['decomp'], m.get('ms_decomp')),
-                 (1e3 * s['precond'], m.get('ms_precond')), (1e3 * s['total'], m['ms_per_iter'])]
+        hooks = s['capture'] if method in KRONECKER else 0.0
+        pairs = [(1e3 * (s['fwd_bwd'] + hooks), m.get('ms_fwd_bwd')), (1e3 * s['decomp'], m.get('ms_decomp')),
+                 (1e3 * (s['precond'] + s['capture'] - hooks), m.get('ms_precond')),
+                 (1e3 * s['total'], m['ms_per_iter'])]
+        if all(base):  # the method's extra time over AdamW's step, and the ratio
+            pairs.append((1e3 * (s['total'] - base[0]['total']), m['ms_per_iter'] - base[1]['ms_per_iter']))
         cells = [f"{fmt(p)} / {fmt(q)}" for p, q in pairs]
         ratio = f"{s['total'] / base[0]['total']:.2f} / {m['ms_per_iter'] / base[1]['ms_per_iter']:.2f}" \
             if all(base) else '—'
-        out.append(f"| {method} | " + ' | '.join(cells) + f" | {ratio} |")
+        out.append(f"| {method} | " + ' | '.join(cells + ['—'] * (5 - len(cells))) + f" | {ratio} |")
     return '\n'.join(out)
 
 
