@@ -1,15 +1,15 @@
 """
 A cost model of one training step, for planning past this machine: from a model config, the tokens per step, the
 ranks, the update frequencies and the method, the FLOPs of forward+backward, factor capture, decompositions
-(amortised over inv_update_freq and spread over the ranks) and preconditioning, the bytes of factors and
-decompositions per rank, and the predicted step time and its ratio to AdamW's.
+(amortised over inv_update_freq; the Kronecker methods' spread over the ranks) and preconditioning, the bytes of the
+optimizer's state per rank (factors, decompositions, buffers, moments), and the predicted step time and its ratio
+to AdamW's.
 
 $ python -m benchmarks.cost_model config/fixed_fisher_small.py                     # the small model, this CPU's rates
 $ python -m benchmarks.cost_model config/train_gpt2.py --tokens_per_step=524288 --ranks=8 --rates=h100
 $ python -m benchmarks.cost_model config/adamw_small.py --calibrate                  # measure this machine's rates
-$ python -m benchmarks.cost_model config/adamw_small.py --calibrate --measured=results/timing_all_small/results.json \
-      --set=max_iters=100                                  # against a timing study's ms (max_iters: its runs' length,
-                                                           # for PSGD's fit schedule)
+$ python -m benchmarks.cost_model config/adamw_small.py --calibrate --measured=results/timing_all_small/results.json
+                                                           # and the prediction against a timing study's ms
 $ python -m benchmarks.cost_model config/train_gpt2.py --calibrate --device=cuda --sizes=256,512,1024,2048,4096 \
       --save_rates=rates.json                              # a GPU's rates (benchmarks/gpu.py does this), then
 $ python -m benchmarks.cost_model config/train_gpt2.py --tokens_per_step=524288 --ranks=8 --rates=rates.json
@@ -22,7 +22,7 @@ Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's
     elementwise, not counted)
     eigh 9 n^3 (Golub & Van Loan's symmetric QR with eigenvectors), a Cholesky inverse n^3 (n^3/3 + 2n^3/3; on a
     GPU KFAC runs Newton-Schulz, its rate calibrated as n^3-equivalent),
-    amortised: / inv_update_freq, and / ranks (each layer is decomposed on one rank)
+    amortised: / inv_update_freq, and / ranks (each layer is decomposed on one rank; SOAP's QRs are not spread)
     preconditioning: kfac 2 products, 2 d_out d_in (d_in + d_out); eigenbasis methods 4 products, twice that;
     ekfac also its eigenbasis moments on factor-update steps, 2 N (d_in^2 + d_out^2 + d_in d_out)
     muon: 5 Newton-Schulz steps on each block matrix (m <= n): 5 (4 m^2 n + 2 m^3)
@@ -31,9 +31,11 @@ Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's
     (the gradient and Adam's first moment into the basis, the update back) 3 x 2 n^2 m, and every
     inv_update_freq a power step GG Q 2 n^3 and a QR (Householder 4n^3/3 and forming Q 4n^3/3)
     psgd (heavyball's PSGD-Kron on the block matrices; an axis n <= max_factor_dim has a triangular Q, wider ones a
-    diagonal, not counted): applying P = Q^T Q every step, two products per axis, 4 n^2 m; fitting Q with the
-    mean probability of heavyball's schedule over the run's `steps` (every step for 1,000, then 0.999^k down to
-    0.03): per axis A = Q h 2 n^2 m, B = Q^-T v (a triangular solve) n^2 m, A_i A_i^T and B_i B_i^T 4 n^2 m, and
+    diagonal, not counted): applying P = Q^T Q every step, per axis two products 4 n^2 m, or, where n < m, Q^T Q
+    first and one product 2 n^3 + 2 n^2 m (the order opt_einsum picks); fitting Q with the mean probability of
+    heavyball's schedule over the run's steps (max_iters; every step for 1,000, then 0.999^k down to 0.03; with
+    --measured, the timing runs' length): per axis A = Q h 2 n^2 m, B = Q^-T v (a triangular solve) n^2 m,
+    A_i A_i^T and B_i B_i^T 4 n^2 m, 2 power iterations bounding the step (6 products with a vector, 12 n^2) and
     the step on Q 2 n^3 (all counted as preconditioning)
 Time: matmul FLOPs at the matmul rate, decompositions at the eigh (KFAC: damped-inverse; SOAP: QR) rate for their size n
 (a rate per size, interpolated in log n, as --calibrate measures it: eigh runs faster per FLOP on larger matrices;
@@ -68,6 +70,7 @@ RATES = dict(cpu1=dict(matmul_flops_per_s=1.8e11, bytes_per_s=4.2e10,
                        qr_flops_per_s={64: 1.1e10, 128: 1.7e10, 256: 3.5e10, 512: 5.5e10, 1024: 4.6e10}),
              h100=dict(matmul_flops_per_s=4e14, eigh_flops_per_s=1e12, inverse_flops_per_s=5e12, qr_flops_per_s=1e12,
                        bytes_per_s=2e12))
+RATE_KEYS = ('matmul_flops_per_s', 'eigh_flops_per_s', 'inverse_flops_per_s', 'qr_flops_per_s', 'bytes_per_s')
 KRONECKER = {'kfac': ('inverse', 2), 'fixed_fisher': ('eigh', 4), 'ekfac': ('eigh', 4)}  # (decomposition, products)
 METHODS = ['adamw', *KRONECKER, 'muon', 'soap', 'psgd']  # eva, iEF, KPSVD, DyKAF: not modelled yet
 PSGD_SCHEDULE = dict(flat=1000, decay=0.999, floor=0.03)  # heavyball's precond_update_prob_schedule defaults
@@ -91,6 +94,8 @@ def psgd_fit_fraction(steps, flat=PSGD_SCHEDULE['flat'], decay=PSGD_SCHEDULE['de
     """The mean probability of a PSGD preconditioner fit over steps 1 ... steps of heavyball's schedule
     p(n) = max(floor, decay^max(n - flat, 0)): 1 for the first flat steps, then a geometric sum while decay^k is
     above the floor (k <= K), then the floor."""
+    if steps < 1:
+        raise ValueError(f"steps={steps!r}: a run has at least one step")
     K = math.floor(math.log(floor) / math.log(decay))
     annealed = max(steps - flat, 0)
     k = min(annealed, K)
@@ -100,12 +105,12 @@ def psgd_fit_fraction(steps, flat=PSGD_SCHEDULE['flat'], decay=PSGD_SCHEDULE['de
 def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_update_freq=10, exclude='',
               max_factor_dim=4096, grafting='none', kfac_approx='expand', steps=600000):
     """{part: FLOPs (or bytes, for 'adamw_bytes')} of one step on one rank, 'decomp_by_size' {n: FLOPs} and
-    'decomp_kind' (the rate they run at: eigh, inverse or qr), and 'state_bytes': the preconditioned weights' state
-    per rank, float32: the Kronecker factors, decompositions, momentum buffer and grafting moments as the
-    optimizer's layer_state holds them; Muon's momentum; SOAP's factors, bases and Adam moments (every weight);
-    PSGD's momentum and triangular Q (as heavyball stores it: n(n + 1)/2) (AdamW's moments of the weights these
-    leave to it, and scalar step counts, are not counted). tokens_per_step over all ranks; steps: the run's length
-    (PSGD's fit schedule)."""
+    'decomp_kind' (the rate they run at: eigh, inverse or qr), and 'state_bytes': the method's own state per rank,
+    float32: the Kronecker factors, decompositions, momentum buffer and grafting moments as the optimizer's
+    layer_state holds them; Muon's momentum; SOAP's factors and bases and its Adam moments of every parameter (it
+    runs on all of them); PSGD's momentum and Q's (a triangular one as heavyball stores it, n(n + 1)/2; a diagonal
+    one n). Not counted: AdamW's moments of the weights the others leave to it, and scalar step counts and bounds.
+    tokens_per_step over all ranks; steps: the run's length (PSGD's fit schedule)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; the cost model knows {', '.join(METHODS)}")
     if kfac_approx not in ('expand', 'reduce'):
@@ -116,9 +121,6 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
     forward = sum(2 * N * i * o for i, o, _ in linears) + 4 * N * T * d * L
     cost = dict(fwd_bwd=3 * forward, capture=0.0, precond=0.0, adamw_bytes=16.0 * n_params,
                 state_bytes=0.0, decomp_by_size={}, decomp_kind=None)
-    # each matrix's axes (n, the other size m), and which of them are preconditioned
-    axes = lambda s: [(s[0], s[1]), (s[1], s[0])]  # noqa: E731
-    fits = lambda n: n <= max_factor_dim  # noqa: E731
     if method in KRONECKER:
         kind, products = KRONECKER[method]
         rows = N / T if kfac_approx == 'reduce' else N  # a sequence a sample, or a token
@@ -138,20 +140,36 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
         cost['precond'] = sum(NS_STEPS * (4 * min(s) ** 2 * max(s) + 2 * min(s) ** 3) for s in blocks)
         cost['state_bytes'] = 4.0 * sum(o * i for o, i in blocks)  # momentum
     elif method == 'soap':
-        rotated = [(n, m) for s in shapes.values() if len(s) == 2 for n, m in axes(s) if fits(n)]
+        rotated = [(n, m) for s in shapes.values() if len(s) == 2 for n, m in axes(s) if n <= max_factor_dim]
         cost['capture'] = sum(2 * n * n * m for n, m in rotated)  # G G^T every step
         cost['precond'] = sum(3 * 2 * n * n * m + 2 * n ** 3 / inv_update_freq for n, m in rotated)
         cost['decomp_by_size'] = decompositions([n for n, _ in rotated], QR, inv_update_freq)
         cost['decomp_kind'] = 'qr'
         cost['state_bytes'] = 4.0 * (2 * n_params + sum(2 * n * n for n, _ in rotated))  # m, v; GG, Q
     elif method == 'psgd':
-        triangular = [(n, m) for s in blocks for n, m in axes(s) if fits(n)]
-        fit = psgd_fit_fraction(steps) * sum(7 * n * n * m + 2 * n ** 3 for n, m in triangular)
-        cost['precond'] = sum(4 * n * n * m for n, m in triangular) + fit
-        cost['state_bytes'] = 4.0 * sum(o * i + sum(n * (n + 1) // 2 if fits(n) else n for n in (o, i))
+        triangular = [(n, m) for s in blocks for n, m in axes(s) if n <= max_factor_dim]
+        cost['precond'] = sum(psgd_apply(n, m) + psgd_fit_fraction(steps) * psgd_fit(n, m) for n, m in triangular)
+        cost['state_bytes'] = 4.0 * sum(o * i + sum(n * (n + 1) // 2 if n <= max_factor_dim else n for n in (o, i))
                                         for o, i in blocks)  # momentum, Q
     cost['decomp'] = sum(cost['decomp_by_size'].values())
     return cost
+
+
+def axes(shape):
+    """A matrix's two axes as (n, m): the axis's size and the other's."""
+    return [(shape[0], shape[1]), (shape[1], shape[0])]
+
+
+def psgd_apply(n, m):
+    """FLOPs of P = Q^T Q applied along an axis of size n of an n x m gradient, in the order opt_einsum picks: two
+    products, or Q^T Q first where that is cheaper (n < m)."""
+    return 2 * n * n * m + 2 * n * n * min(n, m)
+
+
+def psgd_fit(n, m):
+    """FLOPs of one fit of an axis's Q: A = Q h, B = Q^-T v (a triangular solve), A_i A_i^T and B_i B_i^T, 2 power
+    iterations on their sum (heavyball's default: 6 products with a vector) and the step on Q."""
+    return 2 * n * n * m + n * n * m + 2 * 2 * n * n * m + 6 * 2 * n * n + 2 * n ** 3
 
 
 def decompositions(sizes, per, amortised):
@@ -227,8 +245,8 @@ def load_rates(name):
         raise ValueError(f"--rates={name!r} is neither a preset ({', '.join(sorted(RATES))}) nor a file")
     with open(name) as f:
         rates = {k: {int(n): r for n, r in v.items()} if isinstance(v, dict) else v for k, v in json.load(f).items()}
-    if set(rates) != set(RATES['h100']):
-        raise ValueError(f"--rates={name!r} holds {sorted(rates)}; expected {sorted(RATES['h100'])}")
+    if set(rates) != set(RATE_KEYS):
+        raise ValueError(f"--rates={name!r} holds {sorted(rates)}; expected {sorted(RATE_KEYS)}")
     return rates
 
 
@@ -260,13 +278,18 @@ def main(argv=None):
     p.add_argument('--calibrate', action='store_true', help="measure this machine's rates and use them")
     p.add_argument('--device', default='cpu', help="where --calibrate measures (cuda: matmuls in bfloat16)")
     p.add_argument('--sizes', default=','.join(map(str, CALIBRATION_SIZES)), help="--calibrate's matrix sizes")
-    for key in RATES['h100']:
+    for key in RATE_KEYS:
         p.add_argument(f'--{key}', type=float, default=None)
     p.add_argument('--set', action='append', default=[], help="a config key=value (n_embd=256, ...), repeatable")
     p.add_argument('--measured', default=None, help="a timing study's results.json (study.py, e.g. "
                    "config/studies/timing_all_small.py) of the same model: predicted against measured ms per part")
     args = p.parse_args(argv)
-    cfg = read_config(args.config, dict(s.split('=', 1) for s in args.set))
+    overrides = dict(s.split('=', 1) for s in args.set)
+    cfg = read_config(args.config, overrides)
+    measured = measured_rows(args.measured) if args.measured else {}
+    lengths = [r['iters'] for r in measured.values() if r.get('iters')]
+    if lengths and 'max_iters' not in overrides:  # PSGD's fit schedule: the timing runs' length
+        cfg['max_iters'] = max(lengths)
     matmul_dtype = torch.bfloat16 if torch.device(args.device).type == 'cuda' else torch.float32
     rates = calibrate(tuple(int(n) for n in args.sizes.split(',')), args.device, matmul_dtype) if args.calibrate \
         else load_rates(args.rates)
@@ -282,13 +305,14 @@ def main(argv=None):
           f"on {args.ranks} rank(s); rates: " + ', '.join(f'{k} {show_rate(v)}' for k, v in rates.items()))
     if 'psgd' in args.methods.split(','):
         print(f"psgd fits its preconditioner on {psgd_fit_fraction(cfg['max_iters']):.3f} of the steps of a "
-              f"{cfg['max_iters']:,}-step run (--set=max_iters=...)")
+              f"{cfg['max_iters']:,}-step run (--set=max_iters=...; with --measured, its runs' length)")
     print("| method | GFLOP fwd+bwd | capture | decomp | precond | state MB/rank | ms fwd+bwd | capture | decomp | "
           "precond | adamw | total | x adamw |\n" + "|---" * 13 + "|")
     base, predicted = None, {}
     for method in args.methods.split(','):
-        c = step_cost(method, model, tokens, args.ranks, cfg['factor_update_freq'], cfg['inv_update_freq'],
-                      cfg['exclude'], cfg['max_factor_dim'], cfg['grafting'], cfg['kfac_approx'], cfg['max_iters'])
+        c = step_cost(method, model, tokens, ranks=args.ranks, steps=cfg['max_iters'],
+                      **{k: cfg[k] for k in ('factor_update_freq', 'inv_update_freq', 'exclude', 'max_factor_dim',
+                                             'grafting', 'kfac_approx')})
         s = step_seconds(c, rates)
         base = s['total'] if method == 'adamw' else base
         ratio = f"{s['total'] / base:.2f}" if base else '—'
@@ -297,23 +321,29 @@ def main(argv=None):
               + ' | '.join(f"{1e3 * s[k]:.3g}" for k in ('fwd_bwd', 'capture', 'decomp', 'precond', 'adamw', 'total'))
               + f" | {ratio} |")
         predicted[method] = s
-    if args.measured:
-        print(against_measured(predicted, args.measured))
+    if measured:
+        print(against_measured(predicted, measured))
     return 0
 
 
-def against_measured(predicted, path):
+def measured_rows(path):
+    """{optimizer: its first ok row} of a timing study's results.json (timing_all_small: its plain config, before
+    the M&G variants)."""
+    with open(path) as f:
+        rows = {}
+        for r in json.load(f)['rows']:
+            if r.get('status') == 'ok' and r.get('ms_per_iter'):
+                rows.setdefault(r['optimizer'], r)
+    return rows
+
+
+def against_measured(predicted, rows):
     """A markdown table: each method's predicted ms per part (step_seconds) beside the medians a timing study
-    measured (its rows' ms_fwd_bwd, ms_decomp, ms_precond, ms_per_iter; an optimizer's first row), its total less
+    measured (rows: measured_rows', their ms_fwd_bwd, ms_decomp, ms_precond, ms_per_iter), its total less
     AdamW's (the optimizer's own cost, both ways), and both ratios to AdamW.
     Measured forward+backward holds the Kronecker methods' factor hooks (their capture is predicted there);
     preconditioning holds grafting, momentum and the update. SOAP's factors are built in its step: predicted
     with its preconditioning."""
-    with open(path) as f:
-        rows = {}  # an optimizer's first row (timing_all_small: its plain config, before the M&G variants)
-        for r in json.load(f)['rows']:
-            if r.get('status') == 'ok' and r.get('ms_per_iter'):
-                rows.setdefault(r['optimizer'], r)
     fmt = lambda x: '—' if x is None else f'{x:.1f}'  # noqa: E731
     out = ["| method | fwd+bwd predicted / measured ms | decomp | precond | total | over adamw's total | "
            "× adamw predicted / measured |", "|---|---|---|---|---|---|---|"]
@@ -326,12 +356,13 @@ def against_measured(predicted, path):
         pairs = [(1e3 * (s['fwd_bwd'] + hooks), m.get('ms_fwd_bwd')), (1e3 * s['decomp'], m.get('ms_decomp')),
                  (1e3 * (s['precond'] + s['capture'] - hooks), m.get('ms_precond')),
                  (1e3 * s['total'], m['ms_per_iter'])]
-        if all(base):  # the method's extra time over AdamW's step, and the ratio
-            pairs.append((1e3 * (s['total'] - base[0]['total']), m['ms_per_iter'] - base[1]['ms_per_iter']))
+        # the method's extra time over AdamW's step
+        pairs.append((1e3 * (s['total'] - base[0]['total']), m['ms_per_iter'] - base[1]['ms_per_iter']) if all(base)
+                     else (None, None))
         cells = [f"{fmt(p)} / {fmt(q)}" for p, q in pairs]
         ratio = f"{s['total'] / base[0]['total']:.2f} / {m['ms_per_iter'] / base[1]['ms_per_iter']:.2f}" \
             if all(base) else '—'
-        out.append(f"| {method} | " + ' | '.join(cells + ['—'] * (5 - len(cells))) + f" | {ratio} |")
+        out.append(f"| {method} | " + ' | '.join(cells) + f" | {ratio} |")
     return '\n'.join(out)
 
 

@@ -7,7 +7,7 @@ The GPU check, one command that fits in 10 minutes on one GPU and writes its fig
   equal_steps.md  a short equal-steps comparison of the same four on a ~20M model (6 x 384, block 256): final val
                   loss after the same iterations (one seed: a look, not a finding)
   cost_model.md   this GPU's rates (python -m benchmarks.cost_model --calibrate --device=cuda: bf16 matmul, fp32
-                  eigh and KFAC's damped inverse at sizes 256-4096, saved to rates.json), the cost model's
+                  eigh, KFAC's damped inverse and QR at sizes 256-4096, saved to rates.json), the cost model's
                   prediction for the step-time runs beside their measurement, and its GPT-2 124M, 350M and 1.3B
                   predictions at 524,288 tokens per step on 8 ranks at these rates
 
