@@ -37,14 +37,16 @@ Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's
     --measured, the timing runs' length): per axis A = Q h 2 n^2 m, B = Q^-T v (a triangular solve) n^2 m,
     A_i A_i^T and B_i B_i^T 4 n^2 m, 2 power iterations bounding the step (6 products with a vector, 12 n^2) and
     the step on Q 2 n^3 (all counted as preconditioning)
-Time: matmul FLOPs at the matmul rate, decompositions at the eigh (KFAC: damped-inverse; SOAP: QR) rate for their size n
-(a rate per size, interpolated in log n, as --calibrate measures it: eigh runs faster per FLOP on larger matrices;
-or one rate for all sizes), AdamW's elementwise update at the memory bandwidth (16 bytes read and written per
-parameter and step, fp32 moments). The ratio to AdamW is the method's total over AdamW's on the same model and
-tokens. Rates: --rates=cpu1 (a development CPU, one thread, measured by --calibrate on sizes 64-1024), h100
-(assumed: 400 TFLOP/s bf16 matmul at ~40% of peak, 1 TFLOP/s fp32 eigh and QR, 2 TB/s), a JSON file of
---save_rates, or --matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --qr_flops_per_s=...
---bytes_per_s=...
+Time: forward+backward and Muon's Newton-Schulz (bfloat16 on GPUs) at the matmul rate; factor capture and the other
+methods' preconditioning (float32; TF32 on GPUs, which train.py allows) at the fp32 matmul rate; decompositions at the
+eigh (KFAC: damped-inverse; SOAP: QR) rate for their size n (a rate per size, interpolated in log n, as --calibrate
+measures it: eigh runs faster per FLOP on larger matrices; or one rate for all sizes), AdamW's elementwise update at
+the memory bandwidth (16 bytes read and written per parameter and step, fp32 moments). The ratio to AdamW is the
+method's total over AdamW's on the same model and tokens. Rates: --rates=cpu1 (a development CPU, one thread, measured
+by --calibrate on sizes 64-1024; both matmul rates float32), h100 (assumed: 400 TFLOP/s bf16 and 200 TFLOP/s TF32
+matmul, ~40% of the SXM's dense peaks, 1 TFLOP/s fp32 eigh and QR, 2 TB/s), a JSON file of --save_rates, or
+--matmul_flops_per_s=... --fp32_matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=...
+--qr_flops_per_s=... --bytes_per_s=...
 """
 
 import argparse
@@ -64,13 +66,14 @@ EIGH, INVERSE, QR, NS_STEPS = 9, 1, 8 / 3, 5  # FLOPs of an n x n eigh / Cholesk
 CALIBRATION_SIZES = (64, 128, 256, 512, 1024)
 # cpu1: --calibrate on a development machine (2-core Intel Xeon, one thread, float32; decompositions {n: FLOP/s}),
 # results/scale/timing_width256/rates.json to two digits; h100: assumed, see above
-RATES = dict(cpu1=dict(matmul_flops_per_s=1.8e11, bytes_per_s=4.2e10,
+RATES = dict(cpu1=dict(matmul_flops_per_s=1.8e11, fp32_matmul_flops_per_s=1.8e11, bytes_per_s=4.2e10,
                        eigh_flops_per_s={64: 1.8e10, 128: 3.5e10, 256: 6.6e10, 512: 1.1e11, 1024: 1.2e11},
                        inverse_flops_per_s={64: 1.6e9, 128: 5.4e9, 256: 1.6e10, 512: 2.9e10, 1024: 2.5e10},
                        qr_flops_per_s={64: 1.1e10, 128: 1.7e10, 256: 3.5e10, 512: 5.5e10, 1024: 4.6e10}),
-             h100=dict(matmul_flops_per_s=4e14, eigh_flops_per_s=1e12, inverse_flops_per_s=5e12, qr_flops_per_s=1e12,
-                       bytes_per_s=2e12))
-RATE_KEYS = ('matmul_flops_per_s', 'eigh_flops_per_s', 'inverse_flops_per_s', 'qr_flops_per_s', 'bytes_per_s')
+             h100=dict(matmul_flops_per_s=4e14, fp32_matmul_flops_per_s=2e14, eigh_flops_per_s=1e12,
+                       inverse_flops_per_s=5e12, qr_flops_per_s=1e12, bytes_per_s=2e12))
+RATE_KEYS = ('matmul_flops_per_s', 'fp32_matmul_flops_per_s', 'eigh_flops_per_s', 'inverse_flops_per_s',
+             'qr_flops_per_s', 'bytes_per_s')
 KRONECKER = {'kfac': ('inverse', 2), 'fixed_fisher': ('eigh', 4), 'ekfac': ('eigh', 4)}  # (decomposition, products)
 METHODS = ['adamw', *KRONECKER, 'muon', 'soap', 'psgd']  # eva, iEF, KPSVD, DyKAF: not modelled yet
 PSGD_SCHEDULE = dict(flat=1000, decay=0.999, floor=0.03)  # heavyball's precond_update_prob_schedule defaults
@@ -105,7 +108,8 @@ def psgd_fit_fraction(steps, flat=PSGD_SCHEDULE['flat'], decay=PSGD_SCHEDULE['de
 def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_update_freq=10, exclude='',
               max_factor_dim=4096, grafting='none', kfac_approx='expand', steps=600000):
     """{part: FLOPs (or bytes, for 'adamw_bytes')} of one step on one rank, 'decomp_by_size' {n: FLOPs} and
-    'decomp_kind' (the rate they run at: eigh, inverse or qr), and 'state_bytes': the method's own state per rank,
+    'decomp_kind' (the rate they run at: eigh, inverse or qr), 'precond_rate' (the preconditioning's matmul rate:
+    fp32_matmul, or matmul for Muon's bfloat16 Newton-Schulz), and 'state_bytes': the method's own state per rank,
     float32: the Kronecker factors, decompositions, momentum buffer and grafting moments as the optimizer's
     layer_state holds them; Muon's momentum; SOAP's factors and bases and its Adam moments of every parameter (it
     runs on all of them); PSGD's momentum and Q's (a triangular one as heavyball stores it, n(n + 1)/2; a diagonal
@@ -120,7 +124,8 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
     N, T, d, L = tokens_per_step / ranks, cfg['block_size'], cfg['n_embd'], cfg['n_layer']
     forward = sum(2 * N * i * o for i, o, _ in linears) + 4 * N * T * d * L
     cost = dict(fwd_bwd=3 * forward, capture=0.0, precond=0.0, adamw_bytes=16.0 * n_params,
-                state_bytes=0.0, decomp_by_size={}, decomp_kind=None)
+                state_bytes=0.0, decomp_by_size={}, decomp_kind=None,
+                precond_rate='matmul_flops_per_s' if method == 'muon' else 'fp32_matmul_flops_per_s')
     if method in KRONECKER:
         kind, products = KRONECKER[method]
         rows = N / T if kfac_approx == 'reduce' else N  # a sequence a sample, or a token
@@ -199,37 +204,45 @@ def step_seconds(cost, rates):
     """{part: predicted seconds} from step_cost's FLOPs and the rates."""
     decomp_rate = rates[f"{cost['decomp_kind']}_flops_per_s"] if cost['decomp_kind'] else 1.0  # (no FLOPs)
     out = dict(fwd_bwd=cost['fwd_bwd'] / rates['matmul_flops_per_s'],
-               capture=cost['capture'] / rates['matmul_flops_per_s'],
+               capture=cost['capture'] / rates['fp32_matmul_flops_per_s'],
                decomp=sum(f / rate_at(decomp_rate, n) for n, f in cost['decomp_by_size'].items()),
-               precond=cost['precond'] / rates['matmul_flops_per_s'],
+               precond=cost['precond'] / rates[cost['precond_rate']],
                adamw=cost['adamw_bytes'] / rates['bytes_per_s'])
     out['total'] = sum(out.values())
     return out
 
 
 def calibrate(sizes=CALIBRATION_SIZES, device='cpu', matmul_dtype=torch.float32):
-    """This machine's rates (on a CPU: on the current thread count): matmul FLOP/s in matmul_dtype (the best over
-    sizes: a large model's matmuls are as large as the largest), and at each size ({n: FLOP/s}) float32 eigh,
+    """This machine's rates (on a CPU: on the current thread count): matmul FLOP/s in matmul_dtype and in float32
+    (TF32 allowed, as train.py allows it on GPUs; the best over sizes: a large model's matmuls are as large as the
+    largest; one measurement where matmul_dtype is float32), and at each size ({n: FLOP/s}) float32 eigh,
     KFAC's damped inverse (kernels.damped_inverse: Cholesky on a CPU, Triton Newton-Schulz on a GPU; counted as n^3
     FLOPs whatever it runs) of a factor-like matrix and QR (SOAP's) of a factor times a basis; and the bandwidth of
     an elementwise float32 update."""
     cuda = torch.device(device).type == 'cuda'
     best = lambda fn: timeit(fn, cuda=cuda) / 1e3  # noqa: E731  (seconds: best of a few runs; on a GPU the median)
 
-    rates = dict(matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[], qr_flops_per_s=[])
-    for n in sizes:
-        X = torch.randn(n, n, device=device, dtype=matmul_dtype)
-        M = spd(n, 1, device)[0]  # eigenvalues 1 ... 1e-6, as a factor's
-        rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: X @ X))
-        rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(M)))
-        rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(lambda: kernels.damped_inverse(M, 1e-3)))
-        MQ = M @ torch.linalg.qr(torch.randn(n, n, device=device))[0]  # SOAP's power step GG Q
-        rates['qr_flops_per_s'].append(QR * n ** 3 / best(lambda: torch.linalg.qr(MQ)))
-    out = dict(matmul_flops_per_s=max(rates['matmul_flops_per_s']),
-               **{k: dict(zip(sizes, v)) for k, v in rates.items() if k != 'matmul_flops_per_s'})
-    p, m = torch.randn(2 ** 22, device=device), torch.randn(2 ** 22, device=device)
-    out['bytes_per_s'] = 12 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))  # read p and m, write p
-    return out
+    rates = dict(matmul_flops_per_s=[], fp32_matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[],
+                 qr_flops_per_s=[])
+    allowed, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, True  # as train.py
+    try:
+        for n in sizes:
+            X = torch.randn(n, n, device=device, dtype=matmul_dtype)
+            M = spd(n, 1, device)[0]  # eigenvalues 1 ... 1e-6, as a factor's
+            rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: X @ X))
+            rates['fp32_matmul_flops_per_s'].append(rates['matmul_flops_per_s'][-1] if matmul_dtype == torch.float32
+                                                    else 2 * n ** 3 / best(lambda: M @ M))
+            rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(M)))
+            rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(lambda: kernels.damped_inverse(M, 1e-3)))
+            MQ = M @ torch.linalg.qr(torch.randn(n, n, device=device))[0]  # SOAP's power step GG Q
+            rates['qr_flops_per_s'].append(QR * n ** 3 / best(lambda: torch.linalg.qr(MQ)))
+        p, m = torch.randn(2 ** 22, device=device), torch.randn(2 ** 22, device=device)
+        bytes_per_s = 12 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))  # read p and m, write p
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+    matmul = ('matmul_flops_per_s', 'fp32_matmul_flops_per_s')
+    out = dict(bytes_per_s=bytes_per_s, **{k: max(v) if k in matmul else dict(zip(sizes, v)) for k, v in rates.items()})
+    return {k: out[k] for k in RATE_KEYS}
 
 
 def show_rate(rate):
@@ -276,7 +289,7 @@ def main(argv=None):
     p.add_argument('--rates', default='cpu1', help=f"{', '.join(sorted(RATES))}, or a JSON file of --save_rates")
     p.add_argument('--save_rates', default=None, help="write the rates used (e.g. --calibrate's) to this JSON file")
     p.add_argument('--calibrate', action='store_true', help="measure this machine's rates and use them")
-    p.add_argument('--device', default='cpu', help="where --calibrate measures (cuda: matmuls in bfloat16)")
+    p.add_argument('--device', default='cpu', help="where --calibrate measures (cuda: matmuls in bfloat16 and TF32)")
     p.add_argument('--sizes', default=','.join(map(str, CALIBRATION_SIZES)), help="--calibrate's matrix sizes")
     for key in RATE_KEYS:
         p.add_argument(f'--{key}', type=float, default=None)

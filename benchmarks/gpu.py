@@ -6,8 +6,8 @@ The GPU check, one command that fits in 10 minutes on one GPU and writes its fig
                   text), the mean over the last 20 iterations (two cycles of the Kronecker updates)
   equal_steps.md  a short equal-steps comparison of the same four on a ~20M model (6 x 384, block 256): final val
                   loss after the same iterations (one seed: a look, not a finding)
-  cost_model.md   this GPU's rates (python -m benchmarks.cost_model --calibrate --device=cuda: bf16 matmul, fp32
-                  eigh, KFAC's damped inverse and QR at sizes 256-4096, saved to rates.json), the cost model's
+  cost_model.md   this GPU's rates (python -m benchmarks.cost_model --calibrate --device=cuda: bf16 and TF32 matmul,
+                  fp32 eigh, KFAC's damped inverse and QR at sizes 256-4096, saved to rates.json), the cost model's
                   prediction for the step-time runs beside their measurement, and its GPT-2 124M, 350M and 1.3B
                   predictions at 524,288 tokens per step on 8 ranks at these rates
 

@@ -9,8 +9,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.cost_model import (EIGH, INVERSE, QR, RATES, load_rates, main, psgd_fit_fraction, rate_at, step_cost,
-                                   step_seconds)
+from benchmarks.cost_model import (EIGH, INVERSE, METHODS, QR, RATE_KEYS, RATES, calibrate, load_rates, main,
+                                   psgd_fit_fraction, rate_at, step_cost, step_seconds)
 from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.kronecker import gradient_matrix
@@ -181,7 +181,8 @@ def test_decompositions_run_at_the_rate_of_their_size():
     assert rate_at(three, 181) == pytest.approx(1e10 + 1e10 * math.log(181 / 128) / math.log(2))
     assert rate_at(5e9, 300) == 5e9
     by_size = {128: 4 * 5 * EIGH * 128 ** 3, 384: 4 * EIGH * 384 ** 3, 512: 4 * 2 * EIGH * 512 ** 3}
-    rates = dict(matmul_flops_per_s=1e11, eigh_flops_per_s=table, inverse_flops_per_s=1e10, bytes_per_s=1e10)
+    rates = dict(matmul_flops_per_s=1e11, fp32_matmul_flops_per_s=1e11, eigh_flops_per_s=table,
+                 inverse_flops_per_s=1e10, bytes_per_s=1e10)
     for method, per, rate in (('fixed_fisher', EIGH, table), ('kfac', INVERSE, 1e10)):
         cost = step_cost(method, SMALL, N, inv_update_freq=1)
         # each layer's d_in and d_out (LAYERS): per block 128 five times, 384 once, 512 twice
@@ -191,6 +192,29 @@ def test_decompositions_run_at_the_rate_of_their_size():
         seconds = sum(f * per / EIGH / at[n] for n, f in by_size.items())
         assert step_seconds(cost, rates)['decomp'] == pytest.approx(seconds, rel=1e-12)
     assert step_seconds(step_cost('adamw', SMALL, N), rates)['decomp'] == 0
+
+
+def test_each_part_runs_at_its_dtypes_matmul_rate():
+    """On a GPU forward+backward runs in bfloat16, the factors and the preconditioning in float32 (TF32), Muon's
+    Newton-Schulz in bfloat16: each part's seconds are its FLOPs over its rate, with the rates set apart."""
+    rates = dict(matmul_flops_per_s=4e11, fp32_matmul_flops_per_s=1e11, eigh_flops_per_s=1e10,
+                 inverse_flops_per_s=2e10, qr_flops_per_s=3e10, bytes_per_s=1e12)
+    n_params = sum(p.numel() for p in small_model_and_batch()[0].parameters())  # AdamW's 16 bytes each
+    for method in METHODS:
+        cost = step_cost(method, SMALL, N)
+        seconds = step_seconds(cost, rates)
+        precond_rate = 4e11 if method == 'muon' else 1e11
+        assert seconds['fwd_bwd'] == pytest.approx(cost['fwd_bwd'] / 4e11, rel=1e-12)
+        assert seconds['capture'] == pytest.approx(cost['capture'] / 1e11, rel=1e-12)
+        assert seconds['precond'] == pytest.approx(cost['precond'] / precond_rate, rel=1e-12)
+        assert seconds['adamw'] == pytest.approx(16 * n_params / 1e12, rel=1e-12)
+    assert step_cost('muon', SMALL, N)['precond'] > 0 and step_cost('kfac', SMALL, N)['capture'] > 0
+
+
+def test_calibrated_cpu_rates_have_one_float32_matmul_rate():
+    rates = calibrate(sizes=(16, 32))
+    assert list(rates) == list(RATE_KEYS) and rates['fp32_matmul_flops_per_s'] == rates['matmul_flops_per_s'] > 0
+    assert sorted(rates['eigh_flops_per_s']) == [16, 32] and all(v > 0 for v in rates['qr_flops_per_s'].values())
 
 
 def test_rates_saved_to_a_file_read_back_the_same(tmp_path, capsys):
@@ -219,7 +243,7 @@ def test_cli_prints_every_method_and_gpt2_sizes(capsys):
 
 def test_prediction_beside_a_timing_studys_measurement(tmp_path, capsys):
     """--measured: each method's predicted ms per part beside a timing study's, and both ratios to AdamW."""
-    rates = ['--matmul_flops_per_s=1e11', '--eigh_flops_per_s=1e10', '--inverse_flops_per_s=1e10',
+    rates = ['--matmul_flops_per_s=1e11', '--fp32_matmul_flops_per_s=1e11', '--eigh_flops_per_s=1e10', '--inverse_flops_per_s=1e10',
              '--qr_flops_per_s=1e10', '--bytes_per_s=1e10']
     timing = tmp_path / 'results.json'
     timing.write_text(json.dumps(dict(rows=[
