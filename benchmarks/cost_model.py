@@ -38,14 +38,17 @@ Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's
     A_i A_i^T and B_i B_i^T 4 n^2 m, 2 power iterations bounding the step (6 products with a vector, 12 n^2) and
     the step on Q 2 n^3 (all counted as preconditioning)
 Time: forward+backward and Muon's Newton-Schulz (bfloat16 on GPUs) at the matmul rate; factor capture and the other
-methods' preconditioning (float32; TF32 on GPUs, which train.py allows) at the fp32 matmul rate; decompositions at the
+methods' preconditioning (float32; TF32 on GPUs, which train.py allows) at the fp32 matmul rate, but Fixed Fisher's
+and EKFAC's eigenbasis solve (kernels.eigenbasis_precondition: on GPUs a Triton kernel whose float32 products are
+tf32x3, ~3 TF32 passes) at the eigenbasis rate; decompositions at the
 eigh (KFAC: damped-inverse; SOAP: QR) rate for their size n (a rate per size, interpolated in log n, as --calibrate
 measures it: eigh runs faster per FLOP on larger matrices; or one rate for all sizes), AdamW's elementwise update at
 the memory bandwidth (16 bytes read and written per parameter and step, fp32 moments). The ratio to AdamW is the
 method's total over AdamW's on the same model and tokens. Rates: --rates=cpu1 (a development CPU, one thread, measured
-by --calibrate on sizes 64-1024; both matmul rates float32), h100 (assumed: 400 TFLOP/s bf16 and 200 TFLOP/s TF32
-matmul, ~40% of the SXM's dense peaks, 1 TFLOP/s fp32 eigh and QR, 2 TB/s), a JSON file of --save_rates, or
---matmul_flops_per_s=... --fp32_matmul_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=...
+by --calibrate on sizes 64-1024; the three matmul rates one float32 measurement), h100 (assumed: 400 TFLOP/s bf16
+and 200 TFLOP/s TF32 matmul, ~40% of the SXM's dense peaks, a third of TF32's for tf32x3; 1 TFLOP/s fp32 eigh and QR,
+5 TFLOP/s n^3-equivalent for the damped inverse, 2 TB/s), a JSON file of --save_rates, or --matmul_flops_per_s=...
+--fp32_matmul_flops_per_s=... --eigenbasis_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=...
 --qr_flops_per_s=... --bytes_per_s=...
 """
 
@@ -66,14 +69,17 @@ EIGH, INVERSE, QR, NS_STEPS = 9, 1, 8 / 3, 5  # FLOPs of an n x n eigh / Cholesk
 CALIBRATION_SIZES = (64, 128, 256, 512, 1024)
 # cpu1: --calibrate on a development machine (2-core Intel Xeon, one thread, float32; decompositions {n: FLOP/s}),
 # results/scale/timing_width256/rates.json to two digits; h100: assumed, see above
-RATES = dict(cpu1=dict(matmul_flops_per_s=1.8e11, fp32_matmul_flops_per_s=1.8e11, bytes_per_s=4.2e10,
+RATES = dict(cpu1=dict(matmul_flops_per_s=1.8e11, fp32_matmul_flops_per_s=1.8e11, eigenbasis_flops_per_s=1.8e11,
+                       bytes_per_s=4.2e10,
                        eigh_flops_per_s={64: 1.8e10, 128: 3.5e10, 256: 6.6e10, 512: 1.1e11, 1024: 1.2e11},
                        inverse_flops_per_s={64: 1.6e9, 128: 5.4e9, 256: 1.6e10, 512: 2.9e10, 1024: 2.5e10},
                        qr_flops_per_s={64: 1.1e10, 128: 1.7e10, 256: 3.5e10, 512: 5.5e10, 1024: 4.6e10}),
-             h100=dict(matmul_flops_per_s=4e14, fp32_matmul_flops_per_s=2e14, eigh_flops_per_s=1e12,
+             h100=dict(matmul_flops_per_s=4e14, fp32_matmul_flops_per_s=2e14, eigenbasis_flops_per_s=6.7e13,
+                       eigh_flops_per_s=1e12,
                        inverse_flops_per_s=5e12, qr_flops_per_s=1e12, bytes_per_s=2e12))
-RATE_KEYS = ('matmul_flops_per_s', 'fp32_matmul_flops_per_s', 'eigh_flops_per_s', 'inverse_flops_per_s',
-             'qr_flops_per_s', 'bytes_per_s')
+RATE_KEYS = ('matmul_flops_per_s', 'fp32_matmul_flops_per_s', 'eigenbasis_flops_per_s', 'eigh_flops_per_s',
+             'inverse_flops_per_s', 'qr_flops_per_s', 'bytes_per_s')
+MATMUL_KEYS = RATE_KEYS[:3]  # one number each (the best over sizes); the decompositions' are {n: FLOP/s} tables
 KRONECKER = {'kfac': ('inverse', 2), 'fixed_fisher': ('eigh', 4), 'ekfac': ('eigh', 4)}  # (decomposition, products)
 METHODS = ['adamw', *KRONECKER, 'muon', 'soap', 'psgd']  # eva, iEF, KPSVD, DyKAF: not modelled yet
 PSGD_SCHEDULE = dict(flat=1000, decay=0.999, floor=0.03)  # heavyball's precond_update_prob_schedule defaults
@@ -108,13 +114,13 @@ def psgd_fit_fraction(steps, flat=PSGD_SCHEDULE['flat'], decay=PSGD_SCHEDULE['de
 def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_update_freq=10, exclude='',
               max_factor_dim=4096, grafting='none', kfac_approx='expand', steps=600000):
     """{part: FLOPs (or bytes, for 'adamw_bytes')} of one step on one rank, 'decomp_by_size' {n: FLOPs} and
-    'decomp_kind' (the rate they run at: eigh, inverse or qr), 'precond_rate' (the preconditioning's matmul rate:
-    fp32_matmul, or matmul for Muon's bfloat16 Newton-Schulz), and 'state_bytes': the method's own state per rank,
-    float32: the Kronecker factors, decompositions, momentum buffer and grafting moments as the optimizer's
-    layer_state holds them; Muon's momentum; SOAP's factors and bases and its Adam moments of every parameter (it
-    runs on all of them); PSGD's momentum and Q's (a triangular one as heavyball stores it, n(n + 1)/2; a diagonal
-    one n). Not counted: AdamW's moments of the weights the others leave to it, and scalar step counts and bounds.
-    tokens_per_step over all ranks; steps: the run's length (PSGD's fit schedule)."""
+    'decomp_kind' (the rate they run at: eigh, inverse or qr), 'precond_rate' (the preconditioning's rate: matmul for
+    Muon's bfloat16 Newton-Schulz, eigenbasis for the eigenbasis solve, else fp32_matmul), and 'state_bytes': the
+    method's own state per rank, float32: the Kronecker factors, decompositions, momentum buffer and grafting moments
+    as the optimizer's layer_state holds them; Muon's momentum; SOAP's factors and bases and its Adam moments of
+    every parameter (it runs on all of them); PSGD's momentum and Q's (a triangular one as heavyball stores it,
+    n(n + 1)/2; a diagonal one n). Not counted: AdamW's moments of the weights the others leave to it, and scalar step
+    counts and bounds. tokens_per_step over all ranks; steps: the run's length (PSGD's fit schedule)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; the cost model knows {', '.join(METHODS)}")
     if kfac_approx not in ('expand', 'reduce'):
@@ -133,6 +139,8 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
         per = EIGH if kind == 'eigh' else INVERSE
         cost['decomp_by_size'] = decompositions([n for i, o in kron for n in (i, o)], per, inv_update_freq * ranks)
         cost['decomp_kind'] = kind
+        if kind == 'eigh':  # U = Q_G [(Q_G^T V Q_A) / D] Q_A^T
+            cost['precond_rate'] = 'eigenbasis_flops_per_s'
         cost['precond'] = sum(products * o * i * (i + o) for i, o in kron)
         if method == 'ekfac':  # (g Q_G)^2, (a Q_A)^2 and their product, on factor-update steps
             cost['capture'] += sum(2 * N * (i * i + o * o + i * o) for i, o in kron) / factor_update_freq
@@ -212,37 +220,42 @@ def step_seconds(cost, rates):
     return out
 
 
-def calibrate(sizes=CALIBRATION_SIZES, device='cpu', matmul_dtype=torch.float32):
-    """This machine's rates (on a CPU: on the current thread count): matmul FLOP/s in matmul_dtype and in float32
-    (TF32 allowed, as train.py allows it on GPUs; the best over sizes: a large model's matmuls are as large as the
-    largest; one measurement where matmul_dtype is float32), and at each size ({n: FLOP/s}) float32 eigh,
-    KFAC's damped inverse (kernels.damped_inverse: Cholesky on a CPU, Triton Newton-Schulz on a GPU; counted as n^3
-    FLOPs whatever it runs) of a factor-like matrix and QR (SOAP's) of a factor times a basis; and the bandwidth of
-    an elementwise float32 update."""
+def calibrate(sizes=CALIBRATION_SIZES, device='cpu', matmul_dtype=None):
+    """This machine's rates (on a CPU: on the current thread count), with TF32 allowed as train.py allows it: the
+    matmul FLOP/s in matmul_dtype (default: bfloat16 on a GPU, float32 on a CPU), in float32, and of the eigenbasis
+    solve (kernels.eigenbasis_precondition, 4 products of 2n^3), each the best over sizes (a large model's matmuls are
+    as large as the largest); where the first two are one dtype, or the solve runs as torch's float32 products (on a
+    CPU), one measurement stands for them. At each size ({n: FLOP/s}) float32 eigh, KFAC's damped inverse
+    (kernels.damped_inverse: Cholesky on a CPU, Triton Newton-Schulz on a GPU; counted as n^3 FLOPs whatever it runs)
+    of a factor-like matrix and QR (SOAP's) of a factor times a basis; and the bandwidth of an elementwise float32
+    update."""
     cuda = torch.device(device).type == 'cuda'
+    matmul_dtype = matmul_dtype or (torch.bfloat16 if cuda else torch.float32)
     best = lambda fn: timeit(fn, cuda=cuda) / 1e3  # noqa: E731  (seconds: best of a few runs; on a GPU the median)
 
-    rates = dict(matmul_flops_per_s=[], fp32_matmul_flops_per_s=[], eigh_flops_per_s=[], inverse_flops_per_s=[],
-                 qr_flops_per_s=[])
+    rates = {k: [] for k in RATE_KEYS if k != 'bytes_per_s'}
     allowed, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, True  # as train.py
     try:
         for n in sizes:
             X = torch.randn(n, n, device=device, dtype=matmul_dtype)
             M = spd(n, 1, device)[0]  # eigenvalues 1 ... 1e-6, as a factor's
             rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: X @ X))
-            rates['fp32_matmul_flops_per_s'].append(rates['matmul_flops_per_s'][-1] if matmul_dtype == torch.float32
-                                                    else 2 * n ** 3 / best(lambda: M @ M))
+            same = matmul_dtype == torch.float32
+            fp32 = rates['matmul_flops_per_s'][-1] if same else 2 * n ** 3 / best(lambda: M @ M)
+            rates['fp32_matmul_flops_per_s'].append(fp32)
+            Q, D = torch.linalg.qr(M)[0], M.abs() + 1
+            rates['eigenbasis_flops_per_s'].append(
+                8 * n ** 3 / best(lambda: kernels.eigenbasis_precondition(M, Q, Q, D)) if cuda else fp32)
             rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(M)))
             rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(lambda: kernels.damped_inverse(M, 1e-3)))
             MQ = M @ torch.linalg.qr(torch.randn(n, n, device=device))[0]  # SOAP's power step GG Q
             rates['qr_flops_per_s'].append(QR * n ** 3 / best(lambda: torch.linalg.qr(MQ)))
         p, m = torch.randn(2 ** 22, device=device), torch.randn(2 ** 22, device=device)
-        bytes_per_s = 12 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))  # read p and m, write p
+        rates['bytes_per_s'] = 12 * p.numel() / best(lambda: p.add_(m, alpha=-1e-3))  # read p and m, write p
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allowed
-    matmul = ('matmul_flops_per_s', 'fp32_matmul_flops_per_s')
-    out = dict(bytes_per_s=bytes_per_s, **{k: max(v) if k in matmul else dict(zip(sizes, v)) for k, v in rates.items()})
-    return {k: out[k] for k in RATE_KEYS}
+    return {k: max(v) if k in MATMUL_KEYS else v if k == 'bytes_per_s' else dict(zip(sizes, v))
+            for k, v in rates.items()}
 
 
 def show_rate(rate):
@@ -303,8 +316,7 @@ def main(argv=None):
     lengths = [r['iters'] for r in measured.values() if r.get('iters')]
     if lengths and 'max_iters' not in overrides:  # PSGD's fit schedule: the timing runs' length
         cfg['max_iters'] = max(lengths)
-    matmul_dtype = torch.bfloat16 if torch.device(args.device).type == 'cuda' else torch.float32
-    rates = calibrate(tuple(int(n) for n in args.sizes.split(',')), args.device, matmul_dtype) if args.calibrate \
+    rates = calibrate(tuple(int(n) for n in args.sizes.split(',')), args.device) if args.calibrate \
         else load_rates(args.rates)
     rates.update({k: getattr(args, k) for k in rates if getattr(args, k) is not None})
     if args.save_rates:

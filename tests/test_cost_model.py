@@ -11,6 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.cost_model import (EIGH, INVERSE, METHODS, QR, RATE_KEYS, RATES, calibrate, load_rates, main,
                                    psgd_fit_fraction, rate_at, step_cost, step_seconds)
+import optim.eigenbasis
+import optim.kfac
 from model import GPT, GPTConfig
 from optim import build_optimizer
 from optim.kronecker import gradient_matrix
@@ -181,8 +183,8 @@ def test_decompositions_run_at_the_rate_of_their_size():
     assert rate_at(three, 181) == pytest.approx(1e10 + 1e10 * math.log(181 / 128) / math.log(2))
     assert rate_at(5e9, 300) == 5e9
     by_size = {128: 4 * 5 * EIGH * 128 ** 3, 384: 4 * EIGH * 384 ** 3, 512: 4 * 2 * EIGH * 512 ** 3}
-    rates = dict(matmul_flops_per_s=1e11, fp32_matmul_flops_per_s=1e11, eigh_flops_per_s=table,
-                 inverse_flops_per_s=1e10, bytes_per_s=1e10)
+    rates = dict(matmul_flops_per_s=1e11, fp32_matmul_flops_per_s=1e11, eigenbasis_flops_per_s=1e11,
+                 eigh_flops_per_s=table, inverse_flops_per_s=1e10, bytes_per_s=1e10)
     for method, per, rate in (('fixed_fisher', EIGH, table), ('kfac', INVERSE, 1e10)):
         cost = step_cost(method, SMALL, N, inv_update_freq=1)
         # each layer's d_in and d_out (LAYERS): per block 128 five times, 384 once, 512 twice
@@ -196,14 +198,15 @@ def test_decompositions_run_at_the_rate_of_their_size():
 
 def test_each_part_runs_at_its_dtypes_matmul_rate():
     """On a GPU forward+backward runs in bfloat16, the factors and the preconditioning in float32 (TF32), Muon's
-    Newton-Schulz in bfloat16: each part's seconds are its FLOPs over its rate, with the rates set apart."""
-    rates = dict(matmul_flops_per_s=4e11, fp32_matmul_flops_per_s=1e11, eigh_flops_per_s=1e10,
-                 inverse_flops_per_s=2e10, qr_flops_per_s=3e10, bytes_per_s=1e12)
+    Newton-Schulz in bfloat16, the eigenbasis solve as tf32x3: each part's seconds are its FLOPs over its rate, with
+    the rates set apart."""
+    rates = dict(matmul_flops_per_s=4e11, fp32_matmul_flops_per_s=1e11, eigenbasis_flops_per_s=3e10,
+                 eigh_flops_per_s=1e10, inverse_flops_per_s=2e10, qr_flops_per_s=3e10, bytes_per_s=1e12)
     n_params = sum(p.numel() for p in small_model_and_batch()[0].parameters())  # AdamW's 16 bytes each
     for method in METHODS:
         cost = step_cost(method, SMALL, N)
         seconds = step_seconds(cost, rates)
-        precond_rate = 4e11 if method == 'muon' else 1e11
+        precond_rate = dict(muon=4e11, fixed_fisher=3e10, ekfac=3e10).get(method, 1e11)
         assert seconds['fwd_bwd'] == pytest.approx(cost['fwd_bwd'] / 4e11, rel=1e-12)
         assert seconds['capture'] == pytest.approx(cost['capture'] / 1e11, rel=1e-12)
         assert seconds['precond'] == pytest.approx(cost['precond'] / precond_rate, rel=1e-12)
@@ -211,10 +214,40 @@ def test_each_part_runs_at_its_dtypes_matmul_rate():
     assert step_cost('muon', SMALL, N)['precond'] > 0 and step_cost('kfac', SMALL, N)['capture'] > 0
 
 
-def test_calibrated_cpu_rates_have_one_float32_matmul_rate():
+@pytest.mark.parametrize('method', ['kfac', 'fixed_fisher', 'ekfac'])
+def test_the_eigenbasis_rate_goes_to_the_methods_that_run_the_eigenbasis_solve(method, monkeypatch):
+    """Which Kronecker methods precondition through kernels.eigenbasis_precondition (the Triton kernel on GPUs), as
+    the real optimizer calls it, is which the model charges at the eigenbasis rate."""
+    calls = []
+    for module in (optim.eigenbasis, optim.kfac):
+        monkeypatch.setattr(module, 'eigenbasis_precondition',
+                            lambda *args, real=module.eigenbasis_precondition: calls.append(1) or real(*args))
+    model, X, Y = small_model_and_batch()
+    opt = build_optimizer(method, model, factor_update_freq=1, inv_update_freq=1, lr=1e-3)
+    model(X, Y)[1].backward()
+    opt.step()
+    layers = [(opt.layer_state[g['name']], gradient_matrix(g)) for g in opt.param_groups if g['kind'] == 'kronecker']
+    calls.clear()
+    [opt.precondition(st, V) for st, V in layers]
+    assert len(calls) in (0, len(layers)) and len(layers) == len(LAYERS)
+    assert (step_cost(method, SMALL, N)['precond_rate'] == 'eigenbasis_flops_per_s') == (len(calls) == len(layers))
+
+
+def test_calibrated_rates_on_a_cpu(monkeypatch):
+    """Every key, the matmul rates one float32 measurement (the eigenbasis solve is torch's float32 products on a
+    CPU), a separate float32 measurement where the matmul dtype is another, and TF32 allowed only while it runs."""
+    torch.backends.cuda.matmul.allow_tf32 = False
     rates = calibrate(sizes=(16, 32))
-    assert list(rates) == list(RATE_KEYS) and rates['fp32_matmul_flops_per_s'] == rates['matmul_flops_per_s'] > 0
+    assert list(rates) == list(RATE_KEYS) and not torch.backends.cuda.matmul.allow_tf32
+    assert rates['fp32_matmul_flops_per_s'] == rates['matmul_flops_per_s'] == rates['eigenbasis_flops_per_s'] > 0
     assert sorted(rates['eigh_flops_per_s']) == [16, 32] and all(v > 0 for v in rates['qr_flops_per_s'].values())
+    rates = calibrate(sizes=(16, 32), matmul_dtype=torch.bfloat16)
+    assert rates['fp32_matmul_flops_per_s'] != rates['matmul_flops_per_s'] > 0
+    assert rates['eigenbasis_flops_per_s'] == rates['fp32_matmul_flops_per_s']
+    monkeypatch.setattr(torch.linalg, 'eigh', lambda M: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        calibrate(sizes=(16,))
+    assert not torch.backends.cuda.matmul.allow_tf32  # restored after a failure too
 
 
 def test_rates_saved_to_a_file_read_back_the_same(tmp_path, capsys):
@@ -243,8 +276,8 @@ def test_cli_prints_every_method_and_gpt2_sizes(capsys):
 
 def test_prediction_beside_a_timing_studys_measurement(tmp_path, capsys):
     """--measured: each method's predicted ms per part beside a timing study's, and both ratios to AdamW."""
-    rates = ['--matmul_flops_per_s=1e11', '--fp32_matmul_flops_per_s=1e11', '--eigh_flops_per_s=1e10', '--inverse_flops_per_s=1e10',
-             '--qr_flops_per_s=1e10', '--bytes_per_s=1e10']
+    rates = ['--matmul_flops_per_s=1e11', '--fp32_matmul_flops_per_s=1e11', '--eigenbasis_flops_per_s=1e11',
+             '--eigh_flops_per_s=1e10', '--inverse_flops_per_s=1e10', '--qr_flops_per_s=1e10', '--bytes_per_s=1e10']
     timing = tmp_path / 'results.json'
     timing.write_text(json.dumps(dict(rows=[
         dict(optimizer='adamw', status='ok', ms_per_iter=50.0, ms_fwd_bwd=45.0, iters=100),
