@@ -40,16 +40,15 @@ Counts, per preconditioned nn.Linear (d_in [+1 with a bias] x d_out, DESIGN.md's
 Time: forward+backward and Muon's Newton-Schulz (bfloat16 on GPUs) at the matmul rate; factor capture and the other
 methods' preconditioning (float32; TF32 on GPUs, which train.py allows) at the fp32 matmul rate, but Fixed Fisher's
 and EKFAC's eigenbasis solve (kernels.eigenbasis_precondition: on GPUs a Triton kernel whose float32 products are
-tf32x3, ~3 TF32 passes) at the eigenbasis rate; decompositions at the
-eigh (KFAC: damped-inverse; SOAP: QR) rate for their size n (a rate per size, interpolated in log n, as --calibrate
-measures it: eigh runs faster per FLOP on larger matrices; or one rate for all sizes), AdamW's elementwise update at
-the memory bandwidth (16 bytes read and written per parameter and step, fp32 moments). The ratio to AdamW is the
-method's total over AdamW's on the same model and tokens. Rates: --rates=cpu1 (a development CPU, one thread, measured
-by --calibrate on sizes 64-1024; the three matmul rates one float32 measurement), h100 (assumed: 400 TFLOP/s bf16
-and 200 TFLOP/s TF32 matmul, ~40% of the SXM's dense peaks, a third of TF32's for tf32x3; 1 TFLOP/s fp32 eigh and QR,
-5 TFLOP/s n^3-equivalent for the damped inverse, 2 TB/s), a JSON file of --save_rates, or --matmul_flops_per_s=...
---fp32_matmul_flops_per_s=... --eigenbasis_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=...
---qr_flops_per_s=... --bytes_per_s=...
+tf32x3, ~3 TF32 passes) at the eigenbasis rate; decompositions at the eigh (KFAC: damped-inverse; SOAP: QR) rate for
+their size n (a rate per size, interpolated in log n, as --calibrate measures it: eigh runs faster per FLOP on larger
+matrices; or one rate for all sizes), AdamW's elementwise update at the memory bandwidth (16 bytes read and written
+per parameter and step, fp32 moments). The ratio to AdamW is the method's total over AdamW's on the same model and
+tokens. Rates: --rates=cpu1 (a development CPU, one thread, measured by --calibrate on sizes 64-1024; the three matmul
+rates one float32 measurement), h100 (assumed: 400 TFLOP/s bf16 and 200 TFLOP/s TF32 matmul, ~40% of the SXM's dense
+peaks, a third of TF32's for tf32x3; 1 TFLOP/s fp32 eigh and QR, 5 TFLOP/s n^3-equivalent for the damped inverse, 2
+TB/s), a JSON file of --save_rates, or --matmul_flops_per_s=... --fp32_matmul_flops_per_s=...
+--eigenbasis_flops_per_s=... --eigh_flops_per_s=... --inverse_flops_per_s=... --qr_flops_per_s=... --bytes_per_s=...
 """
 
 import argparse
@@ -75,8 +74,7 @@ RATES = dict(cpu1=dict(matmul_flops_per_s=1.8e11, fp32_matmul_flops_per_s=1.8e11
                        inverse_flops_per_s={64: 1.6e9, 128: 5.4e9, 256: 1.6e10, 512: 2.9e10, 1024: 2.5e10},
                        qr_flops_per_s={64: 1.1e10, 128: 1.7e10, 256: 3.5e10, 512: 5.5e10, 1024: 4.6e10}),
              h100=dict(matmul_flops_per_s=4e14, fp32_matmul_flops_per_s=2e14, eigenbasis_flops_per_s=6.7e13,
-                       eigh_flops_per_s=1e12,
-                       inverse_flops_per_s=5e12, qr_flops_per_s=1e12, bytes_per_s=2e12))
+                       eigh_flops_per_s=1e12, inverse_flops_per_s=5e12, qr_flops_per_s=1e12, bytes_per_s=2e12))
 RATE_KEYS = ('matmul_flops_per_s', 'fp32_matmul_flops_per_s', 'eigenbasis_flops_per_s', 'eigh_flops_per_s',
              'inverse_flops_per_s', 'qr_flops_per_s', 'bytes_per_s')
 MATMUL_KEYS = RATE_KEYS[:3]  # one number each (the best over sizes); the decompositions' are {n: FLOP/s} tables
@@ -130,8 +128,7 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
     N, T, d, L = tokens_per_step / ranks, cfg['block_size'], cfg['n_embd'], cfg['n_layer']
     forward = sum(2 * N * i * o for i, o, _ in linears) + 4 * N * T * d * L
     cost = dict(fwd_bwd=3 * forward, capture=0.0, precond=0.0, adamw_bytes=16.0 * n_params,
-                state_bytes=0.0, decomp_by_size={}, decomp_kind=None,
-                precond_rate='matmul_flops_per_s' if method == 'muon' else 'fp32_matmul_flops_per_s')
+                state_bytes=0.0, decomp_by_size={}, decomp_kind=None, precond_rate='fp32_matmul_flops_per_s')
     if method in KRONECKER:
         kind, products = KRONECKER[method]
         rows = N / T if kfac_approx == 'reduce' else N  # a sequence a sample, or a token
@@ -150,6 +147,7 @@ def step_cost(method, cfg, tokens_per_step, ranks=1, factor_update_freq=10, inv_
         else:  # A, G, A_inv, G_inv
             cost['state_bytes'] = 4.0 * sum(2 * (i * i + o * o) + buffers * i * o for i, o in kron)
     elif method == 'muon':
+        cost['precond_rate'] = 'matmul_flops_per_s'  # Newton-Schulz in bfloat16 on GPUs
         cost['precond'] = sum(NS_STEPS * (4 * min(s) ** 2 * max(s) + 2 * min(s) ** 3) for s in blocks)
         cost['state_bytes'] = 4.0 * sum(o * i for o, i in blocks)  # momentum
     elif method == 'soap':
@@ -240,12 +238,14 @@ def calibrate(sizes=CALIBRATION_SIZES, device='cpu', matmul_dtype=None):
             X = torch.randn(n, n, device=device, dtype=matmul_dtype)
             M = spd(n, 1, device)[0]  # eigenvalues 1 ... 1e-6, as a factor's
             rates['matmul_flops_per_s'].append(2 * n ** 3 / best(lambda: X @ X))
-            same = matmul_dtype == torch.float32
-            fp32 = rates['matmul_flops_per_s'][-1] if same else 2 * n ** 3 / best(lambda: M @ M)
+            fp32 = rates['matmul_flops_per_s'][-1] if matmul_dtype == torch.float32 else \
+                2 * n ** 3 / best(lambda: M @ M)
             rates['fp32_matmul_flops_per_s'].append(fp32)
-            Q, D = torch.linalg.qr(M)[0], M.abs() + 1
-            rates['eigenbasis_flops_per_s'].append(
-                8 * n ** 3 / best(lambda: kernels.eigenbasis_precondition(M, Q, Q, D)) if cuda else fp32)
+            solve = fp32  # on a CPU torch's float32 products, as above; on a GPU the Triton kernel:
+            if cuda:
+                Q, D = torch.linalg.qr(M)[0], M.abs() + 1
+                solve = 8 * n ** 3 / best(lambda: kernels.eigenbasis_precondition(M, Q, Q, D))
+            rates['eigenbasis_flops_per_s'].append(solve)
             rates['eigh_flops_per_s'].append(EIGH * n ** 3 / best(lambda: torch.linalg.eigh(M)))
             rates['inverse_flops_per_s'].append(INVERSE * n ** 3 / best(lambda: kernels.damped_inverse(M, 1e-3)))
             MQ = M @ torch.linalg.qr(torch.randn(n, n, device=device))[0]  # SOAP's power step GG Q

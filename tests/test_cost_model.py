@@ -236,7 +236,7 @@ def test_the_eigenbasis_rate_goes_to_the_methods_that_run_the_eigenbasis_solve(m
 def test_calibrated_rates_on_a_cpu(monkeypatch):
     """Every key, the matmul rates one float32 measurement (the eigenbasis solve is torch's float32 products on a
     CPU), a separate float32 measurement where the matmul dtype is another, and TF32 allowed only while it runs."""
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default
     rates = calibrate(sizes=(16, 32))
     assert list(rates) == list(RATE_KEYS) and not torch.backends.cuda.matmul.allow_tf32
     assert rates['fp32_matmul_flops_per_s'] == rates['matmul_flops_per_s'] == rates['eigenbasis_flops_per_s'] > 0
