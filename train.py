@@ -201,6 +201,12 @@ if ddp:
             os._exit(1)
         sys.__excepthook__(kind, error, tb)
     sys.excepthook = report_stalled_ranks
+
+    def leave_process_group():
+        """Tears the process group down once every rank is here: a rank that shuts gloo down while rank 0 is still
+        writing its checkpoint can abort at exit (SIGABRT, 'terminate called without an active exception')."""
+        dist.barrier()
+        dist.destroy_process_group()
 else:
     master_process, ddp_rank, ddp_world_size = True, 0, 1
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
@@ -481,7 +487,7 @@ def stop_diverged(reason):
         print(f"training diverged: {reason} ({kept}; try a smaller learning_rate or a larger damping)",
               file=sys.stderr)
     if ddp:
-        dist.destroy_process_group()
+        leave_process_group()
     sys.exit(3)
 
 
@@ -641,4 +647,4 @@ if master_process and not eval_only:
     final = f"final val loss {last_val:.4f}, " if last_val is not None else ""
     print(f"done: {iter_num} iterations, {final}best {best_val_loss:.4f}, {train_time_s:.1f} s of training, {where}")
 if ddp:
-    dist.destroy_process_group()
+    leave_process_group()
