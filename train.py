@@ -203,10 +203,11 @@ if ddp:
     sys.excepthook = report_stalled_ranks
 
     def leave_process_group():
-        """Tears the process group down once every rank is here: a rank that shuts gloo down while rank 0 is still
-        writing its checkpoint can abort at exit (SIGABRT, 'terminate called without an active exception')."""
-        dist.barrier()
+        """Destroys the process group, then gives gloo's worker threads the GIL: each frees its last collective's
+        tensors after the collective has returned, which takes the GIL, and a thread that asks for it once the
+        interpreter is finalizing aborts the process (SIGABRT, 'terminate called without an active exception')."""
         dist.destroy_process_group()
+        time.sleep(0.5)  # the GIL released: the workers free their finished collectives before the interpreter ends
 else:
     master_process, ddp_rank, ddp_world_size = True, 0, 1
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
