@@ -31,6 +31,7 @@ from checkpoint import git_state, load_checkpoint, machine_name, save_checkpoint
 from data.common import load_meta
 from model import GPT, GPTConfig
 from optim import build_optimizer, optimizer_kwargs
+from optim.distributed import leave_process_group
 
 here = os.path.dirname(os.path.abspath(__file__))
 # -----------------------------------------------------------------------------
@@ -201,13 +202,6 @@ if ddp:
             os._exit(1)
         sys.__excepthook__(kind, error, tb)
     sys.excepthook = report_stalled_ranks
-
-    def leave_process_group():
-        """Destroys the process group, then gives gloo's worker threads the GIL: each frees its last collective's
-        tensors after the collective has returned, which takes the GIL, and a thread that asks for it once the
-        interpreter is finalizing aborts the process (SIGABRT, 'terminate called without an active exception')."""
-        dist.destroy_process_group()
-        time.sleep(0.5)  # the GIL released: the workers free their finished collectives before the interpreter ends
 else:
     master_process, ddp_rank, ddp_world_size = True, 0, 1
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size

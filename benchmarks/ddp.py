@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import GPT, GPTConfig
 from optim import OPTIMIZERS, build_optimizer, optimizer_kwargs
+from optim.distributed import leave_process_group
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument('--optimizers', default=','.join(OPTIMIZERS), help=f'comma-separated, of {sorted(OPTIMIZERS)}')
@@ -90,7 +91,7 @@ def worker(rank, world, folder, runs):
     if rank == 0:
         torch.save(rows, f'{folder}/rows.pt')
     if world > 1:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 if __name__ == '__main__':

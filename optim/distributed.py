@@ -26,6 +26,7 @@ consolidate_state_dict(), called on every rank, as for torch's ZeroRedundancyOpt
 """
 
 import pickle
+import time
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,14 @@ def world():
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def leave_process_group():
+    """Destroys the default process group, then gives gloo's worker threads the GIL for a moment: each frees its last
+    collective's tensors after the collective has returned, which takes the GIL, and a worker that asks for it once
+    the interpreter is finalizing aborts the process (SIGABRT, 'terminate called without an active exception')."""
+    dist.destroy_process_group()
+    time.sleep(0.5)  # the GIL released: the workers free their finished collectives before the interpreter ends
 
 
 def assign(costs, world_size):
